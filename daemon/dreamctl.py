@@ -1,0 +1,117 @@
+"""`dreamctl`: look at and steer dreamd. Every command takes --json."""
+
+from __future__ import annotations
+
+import click
+
+from dreamd.daemon.cli_common import (
+    ConfigProblem,
+    config_option,
+    emit,
+    json_option,
+    read_config,
+    state_dir_option,
+)
+from dreamd.daemon.config import render_example
+from dreamd.daemon.logs import configure_logging
+from dreamd.daemon.settings_base import ConfigError
+from dreamd.daemon.state_dir import StateLayout, resolve_state_dir
+
+
+class Context:
+    def __init__(self, config_path, state_dir):
+        self.config_path = config_path
+        self.state_dir = state_dir
+
+    def config(self):
+        config = read_config(self.config_path)
+        configure_logging("console", config.logging.level)
+        return config
+
+    def layout(self) -> StateLayout:
+        return StateLayout(resolve_state_dir(self.state_dir))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@state_dir_option
+@click.pass_context
+def main(ctx, config_path, state_dir):
+    """Look at and steer dreamd, the dream-loop training daemon.
+
+    Exit codes: 0 success, 1 failure, 2 invalid configuration or usage.
+    """
+    ctx.obj = Context(config_path, state_dir)
+
+
+@main.command("config")
+@click.option("--example", is_flag=True, help="Print the commented example config with every key and default.")
+@json_option
+@click.pass_obj
+def config_cmd(obj: Context, example: bool, as_json: bool):
+    """Validate the config file and print the settings in force."""
+    if example:
+        click.echo(render_example(), nl=False)
+        return
+    config = obj.config()
+    data = {"config_file": str(config.source or "(none found: defaults)"), "state_dir": str(obj.layout().root)}
+    if as_json:
+        emit({**data, **config.to_dict()}, as_json=True)
+        return
+    flat = {f"{s}.{k}": v for s, section in config.to_dict().items() for k, v in section.items()}
+    emit({**data, **flat}, as_json=False)
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def prepare(obj: Context, as_json: bool):
+    """Make the configured model and embedder ready to load (converts the embedded GGUF once)."""
+    from dreamd.memory_graph.embedder import Embedder
+    from dreamd.trainers.model_store import resolve_model_dir
+
+    config = obj.config()
+    layout = obj.layout().ensure()
+    try:
+        model_dir = resolve_model_dir(config.model, layout.models)
+        embedder = Embedder(config.embedder)
+    except ConfigError as exc:
+        raise ConfigProblem(exc) from None
+    emit({"model_dir": str(model_dir), "embedder_dir": str(embedder.directory),
+          "embedding_dimension": embedder.dimension}, as_json)
+
+
+@main.command()
+@click.argument("question")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Longest answer, in tokens.")
+@json_option
+@click.pass_obj
+def ask(obj: Context, question: str, max_new_tokens: int, as_json: bool):
+    """Ask the model one question (greedy decoding, its own chat template)."""
+    from dreamd.trainers.generate import chat_reply
+    from dreamd.trainers.model_store import load_model
+
+    config = obj.config()
+    try:
+        loaded = load_model(config.model, obj.layout().ensure().models)
+    except ConfigError as exc:
+        raise ConfigProblem(exc) from None
+    answer = chat_reply(loaded, [{"role": "user", "content": question}], max_new_tokens=max_new_tokens)
+    emit({"question": question, "answer": answer, "model_dir": str(loaded.directory)}, as_json)
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def demo(obj: Context, as_json: bool):
+    """Run the loop built so far on the bundled sample conversation logs, saying what it does."""
+    from dreamd.daemon.demo import run_demo
+
+    config = obj.config()
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    try:
+        summary = run_demo(config, obj.layout(), say)
+    except ConfigError as exc:
+        raise ConfigProblem(exc) from None
+    if as_json:
+        emit(summary, as_json=True)

@@ -1,0 +1,54 @@
+"""Logging is configured here and nowhere else.
+
+The daemon writes one JSON object per line to stderr, which journald keeps as it is; the CLI
+writes readable, aligned lines. Libraries' stdlib logging goes through the same renderer, and
+the noisiest of them (progress bars, hub warnings) are quietened to warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+NOISY_LIBRARIES = ("transformers", "sentence_transformers", "huggingface_hub", "urllib3", "filelock")
+
+
+def configure_logging(mode: str = "console", level: str = "info") -> None:
+    """mode: 'json' for the daemon (journald-friendly), 'console' for the CLI."""
+    numeric = getattr(logging, level.upper())
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if mode == "json":
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.format_exc_info)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None):
+    return structlog.get_logger(name)

@@ -1,0 +1,57 @@
+"""The real embedded defaults: SmolLM2-135M-Instruct (converted from its GGUF) and all-MiniLM-L6-v2."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dreamd.daemon.dreamctl import main as dreamctl
+from dreamd.memory_graph.embedder import Embedder
+from dreamd.memory_graph.settings import EmbedderSettings
+from dreamd.trainers.generate import chat_reply
+from dreamd.trainers.model_store import SOURCE_RECORD, load_model
+from dreamd.trainers.settings import ModelSettings
+
+pytestmark = pytest.mark.real_model
+
+
+def test_converted_copy_is_a_plain_safetensors_directory(default_model_dir):
+    names = {p.name for p in default_model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", SOURCE_RECORD} <= names
+    assert not any(name.endswith((".bin", ".pt", ".gguf")) for name in names)
+    assert "quantization_config" not in json.loads((default_model_dir / "config.json").read_text())
+    assert not default_model_dir.with_name(default_model_dir.name + ".tmp").exists()
+
+
+def test_default_model_loads_fast_and_knows_paris(models_dir):
+    started = time.monotonic()
+    loaded = load_model(ModelSettings(device="cpu"), models_dir)  # embedded default, already converted
+    seconds = time.monotonic() - started
+    assert seconds < 2.0, f"loading the converted model took {seconds:.2f} s"
+    assert loaded.tokenizer.chat_template, "the chat template must survive the conversion"
+    answer = chat_reply(loaded, [{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=20)
+    assert "Paris" in answer
+
+
+def test_default_embedder_places_related_sentences_closer():
+    embedder = Embedder(EmbedderSettings())
+    vectors = embedder.encode(
+        ["The deploy failed because CI was red.", "CI was failing so the release did not go out.",
+         "Tomatoes need water every two days."]
+    )
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
+    config = tmp_path / "dreamd.toml"
+    config.write_text(f'[model]\npath = "{default_model_dir}"\ndevice = "cpu"\n')
+    result = CliRunner().invoke(dreamctl, ["--config", str(config), "demo", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["conversations"] == 6 and summary["memories"] == 12
+    assert 0 < summary["top_collision_similarity"] <= 1
+    assert summary["answer_without_memory"] and summary["answer_with_memory"]

@@ -1,0 +1,22 @@
+"""Pick the device and precision the model runs in: CUDA with bf16 when there is one, else CPU fp32."""
+
+from __future__ import annotations
+
+import torch
+
+from dreamd.daemon.settings_base import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"is {device!r} but this torch sees no CUDA device")
+    resolved = torch.device(device)
+    if dtype == "auto":
+        # bf16 halves memory and is fast on GPUs that have it; CPUs here are faster and exact in fp32.
+        bf16_ok = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
+        return resolved, torch.bfloat16 if bf16_ok else torch.float32
+    return resolved, _DTYPES[dtype]
