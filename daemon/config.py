@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamd.daemon.settings import LoggingSettings
+from dreamd.daemon.settings import DaemonSettings, LoggingSettings
 from dreamd.daemon.settings_base import ConfigError, help_of
-from dreamd.memory_graph.settings import EmbedderSettings
-from dreamd.trainers.settings import ModelSettings
+from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
+from dreamd.trainers.settings import ModelSettings, TrainingSettings
 
 CONFIG_ENV = "DREAMD_CONFIG"
 SEARCH_PATH = (Path("dreamd.toml"), Path("/etc/dreamd/dreamd.toml"))
@@ -32,6 +32,10 @@ class Config:
 
     model: ModelSettings = field(default_factory=ModelSettings)
     embedder: EmbedderSettings = field(default_factory=EmbedderSettings)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: Path | None = field(default=None, compare=False)
 

@@ -17,3 +17,12 @@ class LoggingSettings:
 
     def __post_init__(self) -> None:
         require(self.level in LEVELS, "level", "one of " + ", ".join(LEVELS), self.level)
+
+
+@dataclass
+class DaemonSettings:
+    """The service process: who may steer it and how it talks to systemd."""
+
+    control_group: str = setting(
+        "", "A group whose members may use dreamctl commands that change anything (root and the daemon's user always may)."
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 STATE_ENV = "DREAMD_STATE_DIR"
 SYSTEMD_STATE_ENV = "STATE_DIRECTORY"  # set by systemd's StateDirectory=
+INBOX_FOLDERS = ("tmp", "new", "processing", "done", "quarantine")
 
 
 def resolve_state_dir(explicit: str | Path | None = None) -> Path:
@@ -36,6 +37,23 @@ class StateLayout:
     def inbox(self) -> Path:
         return self.root / "inbox"
 
+    def inbox_folder(self, name: str) -> Path:
+        """One of the inbox's maildir folders: tmp, new, processing, done, quarantine."""
+        assert name in INBOX_FOLDERS, name
+        return self.inbox / name
+
+    @property
+    def current_pointer(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def last_good_pointer(self) -> Path:
+        return self.root / "last_good"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "dreamd.lock"
+
     @property
     def models(self) -> Path:
         return self.root / "models"
@@ -50,6 +68,7 @@ class StateLayout:
 
     def ensure(self) -> "StateLayout":
         """Create the folders that must exist before anything is written (mode 0750)."""
-        for folder in (self.root, self.models, self.checkpoints, self.reports):
+        inbox = [self.inbox_folder(name) for name in INBOX_FOLDERS]
+        for folder in (self.root, self.models, self.checkpoints, self.reports, *inbox):
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         return self

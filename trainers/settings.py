@@ -37,3 +37,16 @@ class ModelSettings:
             self.device,
         )
         require(self.dtype in DTYPES, "dtype", "one of " + ", ".join(DTYPES), self.dtype)
+
+
+MODES = ("lora", "full")
+
+
+@dataclass
+class TrainingSettings:
+    """How a training round changes the weights."""
+
+    mode: str = setting("lora", "lora (a PEFT adapter; the default) or full (all weights but the embeddings).")
+
+    def __post_init__(self) -> None:
+        require(self.mode in MODES, "mode", "lora or full", self.mode)
