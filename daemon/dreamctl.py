@@ -115,3 +115,7 @@ def demo(obj: Context, as_json: bool):
         raise ConfigProblem(exc) from None
     if as_json:
         emit(summary, as_json=True)
+
+
+# Each stage's commands live in their own module (importing no torch at module level, so that
+# `dreamctl status` stays fast) and are added to the group here.
