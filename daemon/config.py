@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamd.daemon.dream_settings import DreamSettings, SignalSettings
 from dreamd.daemon.settings import DaemonSettings, LoggingSettings
 from dreamd.daemon.settings_base import ConfigError, help_of
 from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
+from dreamd.trainers.gate import EvalSettings, GateSettings
 from dreamd.trainers.settings import ModelSettings, TrainingSettings
 
 CONFIG_ENV = "DREAMD_CONFIG"
@@ -35,6 +37,10 @@ class Config:
     inbox: InboxSettings = field(default_factory=InboxSettings)
     graph: GraphSettings = field(default_factory=GraphSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    dreams: DreamSettings = field(default_factory=DreamSettings)
+    signal: SignalSettings = field(default_factory=SignalSettings)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: Path | None = field(default=None, compare=False)

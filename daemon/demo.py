@@ -1,16 +1,17 @@
 """The demo job: as much of the dream loop as exists, run on the bundled sample logs.
 
 Each step prints what it did. Today: prepare the embedded model (converting it on first use),
-embed every message of the samples, find for each memory its closest memory in another
-conversation (the "collisions" dreams will be made of), and ask the model a question whose
-answer is only in the logs, with and without that memory in its context.
+drop the bundled sample logs (one per format) into the inbox, ingest them the way the daemon does
+(parse, store, embed, link into the memory graph), draw a few "collisions" — distant memories
+joined through the graph, the raw material of dreams — and ask the model a question whose answer
+is only in the logs, with and without the closest memory in its context.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -18,16 +19,17 @@ import numpy as np
 from dreamd.daemon.config import Config
 from dreamd.daemon.state_dir import StateLayout
 from dreamd.memory_graph.embedder import Embedder
+from dreamd.memory_graph.ingest import Ingester
 from dreamd.trainers.generate import chat_reply
 from dreamd.trainers.model_store import load_model
 
-SAMPLE_FILE = "team_chats.jsonl"
 QUESTION = "What is the name of our internal metrics dashboard?"
+COLLISION_SEED = 7
 
 
-def sample_conversations() -> list[list[dict]]:
-    text = resources.files("dreamd.memory_graph").joinpath("samples", SAMPLE_FILE).read_text("utf-8")
-    return [json.loads(line)["messages"] for line in text.splitlines() if line.strip()]
+def sample_files() -> list[Path]:
+    folder = resources.files("dreamd.memory_graph").joinpath("samples")
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name != "README.md" and not p.name.startswith("."))
 
 
 def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) -> dict:
@@ -37,20 +39,32 @@ def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) ->
     say(f"model: {loaded.directory.name} loaded from {loaded.directory} in {time.monotonic() - started:.1f} s "
         f"on {loaded.model.device}")
 
-    conversations = sample_conversations()
-    memories = [(ci, m["content"]) for ci, conv in enumerate(conversations) for m in conv]
     embedder = Embedder(config.embedder)
-    started = time.monotonic()
-    vectors = embedder.encode([text for _, text in memories])
-    embed_seconds = time.monotonic() - started
-    say(f"memories: embedded {len(memories)} messages from {len(conversations)} conversations "
-        f"({vectors.shape[1]} dimensions) in {embed_seconds:.2f} s")
+    ingester = Ingester(layout, embedder, config.inbox, config.graph)
+    files = sample_files()
+    dropped = {ingester.inbox.drop(path).name for path in files}
+    say(f"inbox: dropped {len(files)} sample logs into {ingester.inbox.new} (tmp/ then rename)")
+    report = ingester.drain(trusted=frozenset(dropped))
+    for outcome in report.outcomes:
+        if outcome["status"] == "ingested":
+            say(f"  {outcome['file']}: {outcome['format']}, {outcome['messages']} new messages, "
+                f"{outcome['nodes']} memories, {outcome['duplicate_messages']} already known, "
+                f"{outcome['skipped_records']} malformed records skipped")
+        else:
+            say(f"  {outcome['file']}: {outcome['status']} ({outcome.get('same_as') or outcome.get('reason')})")
+    stats = ingester.graph.stats()
+    say(f"memory graph: {stats['nodes']} memories (user→assistant exchanges), {stats['edges']} edges "
+        f"{stats['edge_kinds']}; ingest took {report.seconds:.2f} s")
 
-    collisions = closest_across_conversations(memories, vectors)
-    for a, b, similarity in collisions[:3]:
-        say(f"collision ({similarity:.2f}): {_short(memories[a][1])!r} <-> {_short(memories[b][1])!r}")
+    collisions = ingester.graph.collisions(ingester.db, 3, seed=COLLISION_SEED, settings=config.graph)
+    for collision in collisions:
+        say(f"collision of {len(collision.node_ids)} memories {collision.node_ids}:")
+        for node_id, text in zip(collision.node_ids, collision.texts):
+            say(f"  [{node_id}] {_short(text)!r}")
+        for path in collision.paths:
+            say(f"  joined by {' → '.join(map(str, path))}")
 
-    memory = _best_memory_for(QUESTION, memories, vectors, embedder)
+    memory = _best_memory_for(QUESTION, ingester, embedder)
     plain = chat_reply(loaded, [{"role": "user", "content": QUESTION}], max_new_tokens=40)
     recalled = chat_reply(
         loaded,
@@ -61,33 +75,30 @@ def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) ->
         max_new_tokens=40,
     )
     say(f"ask: {QUESTION}")
+    say(f"  closest memory: {_short(memory, 90)!r}")
     say(f"  from its weights alone: {plain}")
     say(f"  with the memory in context: {recalled}")
     return {
         "model_dir": str(loaded.directory),
-        "conversations": len(conversations),
-        "memories": len(memories),
-        "embed_msgs_per_s": round(len(memories) / max(embed_seconds, 1e-9), 1),
-        "top_collision_similarity": round(collisions[0][2], 3) if collisions else None,
+        "files": report.files,
+        "ingested": report.ingested,
+        "duplicates": report.duplicates,
+        "messages": report.messages,
+        "memories": stats["nodes"],
+        "edges": stats["edges"],
+        "collisions": [{"node_ids": c.node_ids, "paths": c.paths} for c in collisions],
         "answer_without_memory": plain,
         "answer_with_memory": recalled,
     }
 
 
-def closest_across_conversations(memories, vectors: np.ndarray) -> list[tuple[int, int, float]]:
-    """For each memory, its most similar memory from another conversation; best pairs first."""
-    conversation = np.array([ci for ci, _ in memories])
-    similarity = vectors @ vectors.T
-    similarity[conversation[:, None] == conversation[None, :]] = -np.inf
-    best = similarity.argmax(axis=1)
-    pairs = {tuple(sorted((i, int(j)))): float(similarity[i, j]) for i, j in enumerate(best)}
-    return sorted(((a, b, s) for (a, b), s in pairs.items()), key=lambda p: -p[2])
+def _best_memory_for(question: str, ingester: Ingester, embedder: Embedder) -> str:
+    graph = ingester.graph
+    scores = graph.vectors @ embedder.encode([question])[0]
+    node_id = graph.ids[int(np.argmax(scores))]
+    return ingester.db.execute("SELECT text FROM memory_nodes WHERE id = ?", (node_id,)).fetchone()[0]
 
 
-def _best_memory_for(question, memories, vectors, embedder) -> str:
-    scores = vectors @ embedder.encode([question])[0]
-    return memories[int(scores.argmax())][1]
-
-
-def _short(text: str, limit: int = 60) -> str:
+def _short(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

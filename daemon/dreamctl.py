@@ -119,3 +119,20 @@ def demo(obj: Context, as_json: bool):
 
 # Each stage's commands live in their own module (importing no torch at module level, so that
 # `dreamctl status` stays fast) and are added to the group here.
+from dreamd.daemon import cli_service  # noqa: E402  (service: status, pause, resume, dream, reload, logs)
+
+main.add_command(cli_service.status)
+main.add_command(cli_service.pause)
+main.add_command(cli_service.resume)
+main.add_command(cli_service.dream)
+main.add_command(cli_service.reload)
+main.add_command(cli_service.logs)
+
+from dreamd.daemon.cli_checkpoints import checkpoints_cmd, rollback_cmd  # noqa: E402
+
+main.add_command(checkpoints_cmd)
+main.add_command(rollback_cmd)
+
+from dreamd.daemon.cli_ingest import ingest_cmd  # noqa: E402
+
+main.add_command(ingest_cmd)

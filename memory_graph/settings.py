@@ -38,9 +38,21 @@ class InboxSettings:
         2.0, "A file written straight into inbox/new/ is taken only once its size and mtime have not changed for this long."
     )
 
+    batch_messages: int = setting(
+        2048,
+        "Messages parsed from several files and embedded together in one batch (bigger batches "
+        "embed faster; each file is still committed in its own transaction).",
+    )
+    progress_seconds: float = setting(
+        10.0, "Seconds between structured progress log lines while a backlog is being ingested."
+    )
+
     def __post_init__(self) -> None:
         require(self.max_file_bytes > 0, "max_file_bytes", "a positive number of bytes", self.max_file_bytes)
         require(self.stable_seconds >= 0, "stable_seconds", "zero or more seconds", self.stable_seconds)
+        require(1 <= self.batch_messages <= 1_000_000, "batch_messages", "an integer from 1 to 1000000",
+                self.batch_messages)
+        require(self.progress_seconds > 0, "progress_seconds", "a positive number of seconds", self.progress_seconds)
 
 
 @dataclass
@@ -50,6 +62,39 @@ class GraphSettings:
     knn_k: int = setting(8, "Semantic edges per memory: its k nearest neighbours in other conversations.")
     min_similarity: float = setting(0.35, "Cosine similarity below which no semantic edge is made.")
 
+    temporal_weight: float = setting(1.0, "Weight of the edge between consecutive memories of a conversation.")
+    same_conversation_weight: float = setting(
+        0.5,
+        "Weight of the edge between two memories of one conversation that are not consecutive, "
+        "divided by how many memories apart they are.",
+    )
+    same_conversation_window: int = setting(
+        4, "Non-consecutive memories of a conversation are linked up to this many memories apart (0: none)."
+    )
+    restart_probability: float = setting(
+        0.15, "Chance per step that a random walk jumps back to where it started."
+    )
+    collision_max_similarity: float = setting(
+        0.5,
+        "Memories from the same conversation join one collision only if their cosine similarity is "
+        "below this: a collision brings together what is far apart in meaning or in origin.",
+    )
+    collision_walk_steps: int = setting(64, "Steps of each walk that explores the neighbourhood of a collision's start.")
+    collision_walkers: int = setting(32, "Walks run from a collision's start (together, as one batch).")
+
     def __post_init__(self) -> None:
         require(0 <= self.knn_k <= 256, "knn_k", "an integer from 0 to 256", self.knn_k)
         require(-1.0 <= self.min_similarity <= 1.0, "min_similarity", "a number from -1 to 1", self.min_similarity)
+        require(self.temporal_weight > 0, "temporal_weight", "a positive number", self.temporal_weight)
+        require(self.same_conversation_weight > 0, "same_conversation_weight", "a positive number",
+                self.same_conversation_weight)
+        require(0 <= self.same_conversation_window <= 64, "same_conversation_window", "an integer from 0 to 64",
+                self.same_conversation_window)
+        require(0.0 <= self.restart_probability < 1.0, "restart_probability", "a number in [0, 1)",
+                self.restart_probability)
+        require(-1.0 <= self.collision_max_similarity <= 1.0, "collision_max_similarity", "a number from -1 to 1",
+                self.collision_max_similarity)
+        require(1 <= self.collision_walk_steps <= 10_000, "collision_walk_steps", "an integer from 1 to 10000",
+                self.collision_walk_steps)
+        require(1 <= self.collision_walkers <= 10_000, "collision_walkers", "an integer from 1 to 10000",
+                self.collision_walkers)

@@ -1,0 +1,46 @@
+"""Progress through a backlog: structured log lines for the daemon; the CLI brings its own bar."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from dreamd.daemon.logs import get_logger
+
+log = get_logger("dreamd.ingest")
+
+
+class Progress(Protocol):
+    def start(self, files: int) -> None: ...
+    def advance(self, files: int, messages: int = 0) -> None: ...
+    def finish(self, report) -> None: ...
+
+
+class LogProgress:
+    """One `ingest.progress` line every `every` seconds while files remain, and one at the end."""
+
+    def __init__(self, every: float, clock=time.monotonic):
+        self.every, self.clock = every, clock
+        self.total = self.done = self.messages = 0
+        self.started = self.last = 0.0
+
+    def start(self, files: int) -> None:
+        self.total, self.started = files, self.clock()
+        self.last = self.started
+        if files:
+            log.info("ingest.start", files=files)
+
+    def advance(self, files: int, messages: int = 0) -> None:
+        self.done += files
+        self.messages += messages
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            elapsed = max(now - self.started, 1e-9)
+            log.info("ingest.progress", files_done=self.done, files_total=self.total, messages=self.messages,
+                     msgs_per_s=round(self.messages / elapsed, 1))
+
+    def finish(self, report) -> None:
+        if self.total:
+            log.info("ingest.done", files=report.files, ingested=report.ingested, duplicates=report.duplicates,
+                     quarantined=report.quarantined, messages=report.messages, seconds=round(report.seconds, 2))

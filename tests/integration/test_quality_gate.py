@@ -1,0 +1,94 @@
+"""The quality gate on the real default model, over a real memory graph built from the sample logs."""
+
+import random
+import string
+
+import pytest
+
+from dreamd.daemon.config import config_from_dict
+from dreamd.daemon.demo import sample_files
+from dreamd.daemon.quality_gate import Evaluator, gate_candidate, held_out_nodes, last_decision, recheck_current
+from dreamd.daemon.state_dir import StateLayout
+from dreamd.daemon.training_set import replay_example
+from dreamd.memory_graph.embedder import Embedder
+from dreamd.memory_graph.ingest import Ingester
+from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.lineage import BASE, read_pointer, set_pointer
+from dreamd.trainers.model_store import load_model
+from dreamd.trainers.round import train_round
+from dreamd.trainers.settings import TrainingSettings
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def world(default_model_dir, tmp_path_factory):
+    config = config_from_dict({
+        "model": {"path": str(default_model_dir), "device": "cpu"},
+        # The samples hold 20 exchanges: hold out more than the default 10% so slices exist.
+        "evaluation": {"heldout_percent": 30, "slice_size": 3, "max_slices": 3, "acquisition_count": 4},
+    })
+    layout = StateLayout(tmp_path_factory.mktemp("gate-state")).ensure()
+    embedder = Embedder(config.embedder)
+    ingester = Ingester(layout, embedder, config.inbox, config.graph)
+    dropped = {ingester.inbox.drop(path).name for path in sample_files()}
+    ingester.drain(trusted=frozenset(dropped))
+    return config, layout, ingester.db, embedder
+
+
+def garbage_examples(count: int) -> list[TrainingExample]:
+    rng = random.Random(0)
+    noise = lambda n: "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))  # noqa: E731
+    return [TrainingExample(f"garbage:{i}", [{"role": "user", "content": noise(30)},
+                                             {"role": "assistant", "content": noise(60)}]) for i in range(count)]
+
+
+def trained_exchanges(db, config) -> list[TrainingExample]:
+    held = set(held_out_nodes(db, config.evaluation.heldout_percent))
+    nodes = [n for (n,) in db.execute("SELECT id FROM memory_nodes ORDER BY id").fetchall() if n not in held]
+    return [e for e in (replay_example(db, n, 2) for n in nodes) if e is not None]
+
+
+def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_rolled_back(world):
+    config, layout, db, embedder = world
+    assert held_out_nodes(db, 30), "the samples must give held-out exchanges"
+
+    # A destructive update: a huge learning rate on garbage text.
+    wrecker = TrainingSettings(lora_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw")
+    bad = train_round(load_model(config.model, layout.models), garbage_examples(8), wrecker, layout)
+    result = gate_candidate(config, layout, db, bad, embedder.encode)
+    assert result["decision"] == "rejected" and result["reasons"], result
+    assert read_pointer(layout, "current") == BASE and read_pointer(layout, "last_good") == BASE
+    assert result["eval_seconds"] <= 60, "a candidate's evaluation must take at most 60 s on 2 cores"
+
+    # A benign round: the default small steps on the real exchanges.
+    good = train_round(load_model(config.model, layout.models), trained_exchanges(db, config)[:8],
+                       TrainingSettings(batch_size=4), layout)
+    result = gate_candidate(config, layout, db, good, embedder.encode)
+    assert result["decision"] == "promoted", result["reasons"]
+    assert read_pointer(layout, "current") == good == read_pointer(layout, "last_good")
+    assert last_decision(db)["decision"] == "promoted"
+
+    # Someone forces the rejected checkpoint to be current: the daemon's re-check rolls it back.
+    set_pointer(layout, "current", bad)
+    result = recheck_current(config, layout, db, embedder.encode)
+    assert result["decision"] == "rolled_back" and result["rolled_back_to"] == good
+    assert read_pointer(layout, "current") == good
+
+    # A good current is kept by the re-check.
+    assert recheck_current(config, layout, db, embedder.encode)["decision"] == "kept"
+
+
+def test_metrics_are_reproducible_and_kl_grows_with_the_update(world):
+    config, layout, db, embedder = world
+    evaluator = Evaluator(config, layout, db, embedder.encode)
+    assert evaluator.base.metrics["kl_to_base"] == 0.0
+
+    small = train_round(load_model(config.model, layout.models), trained_exchanges(db, config)[:4],
+                        TrainingSettings(batch_size=4), layout)
+    large = train_round(load_model(config.model, layout.models), trained_exchanges(db, config)[:4],
+                        TrainingSettings(batch_size=1, lora_learning_rate=3e-3, epochs=2), layout)
+    first = evaluator.metrics_of(small, fresh=True)[0]
+    again = evaluator.metrics_of(small, fresh=True)[0]
+    assert first == again
+    assert 0 < first["kl_to_base"] < evaluator.metrics_of(large, fresh=True)[0]["kl_to_base"]

@@ -1,0 +1,44 @@
+"""Long work in a spawned child: results, failures, and abandoning it on shutdown."""
+
+import os
+import threading
+import time
+
+from dreamd.daemon.child import run_in_child
+
+
+def add(a, b):
+    return {"sum": a + b, "pid": os.getpid()}
+
+
+def explode():
+    raise ValueError("bad batch")
+
+
+def sleep_forever(marker):
+    with open(marker, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(600)
+
+
+def test_result_comes_back_from_another_process():
+    outcome = run_in_child("tests.unit.test_child:add", (2, 3))
+    assert outcome.status == "ok"
+    assert outcome.result["sum"] == 5 and outcome.result["pid"] != os.getpid()
+
+
+def test_failure_is_reported_not_raised():
+    outcome = run_in_child("tests.unit.test_child:explode")
+    assert outcome.status == "failed" and "ValueError: bad batch" in outcome.error
+
+
+def test_stop_abandons_the_child_within_the_timeout(tmp_path):
+    stop = threading.Event()
+    marker = tmp_path / "pid"
+    threading.Timer(1.0, stop.set).start()
+    started = time.monotonic()
+    outcome = run_in_child("tests.unit.test_child:sleep_forever", (str(marker),), stop=stop, stop_timeout=0.5)
+    assert outcome.status == "abandoned"
+    assert time.monotonic() - started < 10
+    child = int(marker.read_text())
+    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"

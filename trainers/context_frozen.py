@@ -1,0 +1,134 @@
+"""The context-frozen step (seed 002): learn the response, take the context as given.
+
+Phase 1 runs the context (all but its last token) through the decoder under `torch.no_grad()` with
+`use_cache=True`: only the key/value cache is kept, no activations and no logits (the LM head over
+every context position would be a fifth of that pass's work at 4K tokens). Phase 2 runs the last
+context token and the response (minus its last token) with gradient against that cache, so every
+response token, the first included, is predicted and scored. The forward values are exactly those
+of one full-sequence pass, so the loss equals completion-only loss; the gradient differs on
+purpose: it stops at the context's keys and values, so the weights learn how to answer from a
+context, not how to re-encode it, at a fraction of the time and memory.
+
+Batches: contexts are left-padded (so every row's context ends where its response starts) and
+responses right-padded; attention masks hide the padding and explicit position ids give each row
+the positions it would have alone, so a batch scores each example exactly as one by one.
+Every call builds a fresh cache: transformers' DynamicCache grows in place, so a reused one would
+silently prepend the previous example's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from dreamd.trainers.examples import EncodedExample
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    prefix_ids: torch.Tensor  # (B, P) context minus its last token, left-padded
+    prefix_mask: torch.Tensor
+    step_ids: torch.Tensor  # (B, R) last context token + response minus its last token, right-padded
+    step_mask: torch.Tensor
+    labels: torch.Tensor  # (B, R) the response, IGNORE where padded
+    prefix_lengths: torch.Tensor  # (B,) real prefix tokens per row
+
+
+def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device | str = "cpu") -> Batch:
+    rows = len(examples)
+    prefix_len = max(len(e.context_ids) - 1 for e in examples)
+    step_len = max(len(e.response_ids) for e in examples)
+    prefix_ids = torch.full((rows, prefix_len), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((rows, prefix_len), dtype=torch.long)
+    step_ids = torch.full((rows, step_len), pad_id, dtype=torch.long)
+    step_mask = torch.zeros((rows, step_len), dtype=torch.long)
+    labels = torch.full((rows, step_len), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        prefix = example.context_ids[:-1]
+        if prefix:
+            prefix_ids[row, prefix_len - len(prefix) :] = torch.tensor(prefix)
+            prefix_mask[row, prefix_len - len(prefix) :] = 1
+        step = [example.context_ids[-1], *example.response_ids[:-1]]
+        step_ids[row, : len(step)] = torch.tensor(step)
+        step_mask[row, : len(step)] = 1
+        labels[row, : len(step)] = torch.tensor(example.response_ids)
+    to = lambda t: t.to(device)  # noqa: E731
+    return Batch(
+        to(prefix_ids), to(prefix_mask), to(step_ids), to(step_mask), to(labels), to(prefix_mask.sum(dim=1))
+    )
+
+
+def causal_lm(model):
+    """The transformers CausalLM inside a PEFT wrapper (LoRA layers are injected in place), or the model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def frozen_context_cache(model, batch: Batch) -> DynamicCache:
+    """Phase 1: the context's key/value cache, built without gradient into a FRESH cache."""
+    lm = causal_lm(model)
+    cache = DynamicCache(config=lm.config)
+    if batch.prefix_ids.shape[1] == 0:
+        return cache
+    # Left padding: real tokens get positions 0..n-1 as they would alone; pads get 0 (masked anyway).
+    positions = (batch.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+    with torch.no_grad():
+        # The decoder alone: the context pass needs the cache, not logits.
+        lm.get_decoder()(
+            input_ids=batch.prefix_ids,
+            attention_mask=batch.prefix_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return cache
+
+
+def response_losses(model, batch: Batch, cache: DynamicCache) -> torch.Tensor:
+    """Phase 2: per-example mean cross-entropy over every response token, with gradient."""
+    lm = causal_lm(model)
+    steps = batch.step_ids.shape[1]
+    positions = batch.prefix_lengths[:, None] + torch.arange(steps, device=batch.step_ids.device)[None, :]
+    output = lm(
+        input_ids=batch.step_ids,
+        attention_mask=torch.cat([batch.prefix_mask, batch.step_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return _per_row_ce(output.logits, batch.labels)
+
+
+def _per_row_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    token_loss = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+    )  # (B, R)
+    counts = (labels != IGNORE).sum(dim=1).clamp(min=1)
+    return token_loss.sum(dim=1) / counts
+
+
+def frozen_losses(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
+    """Context-frozen per-example losses (B,) for a batch of examples of any lengths."""
+    device = next(causal_lm(model).parameters()).device
+    batch = make_batch(examples, pad_id, device)
+    return response_losses(model, batch, frozen_context_cache(model, batch))
+
+
+def loss_step(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
+    """The training loss of one batch: each example's mean response-token loss, averaged."""
+    return frozen_losses(model, examples, pad_id).mean()
+
+
+def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
+    """The baseline: one full-sequence forward (gradient through the whole sequence), context labels
+    masked. Same loss value as the frozen step, several times the time and memory."""
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    ids = torch.tensor([example.context_ids + example.response_ids], device=device)
+    labels = torch.tensor([[IGNORE] * len(example.context_ids) + example.response_ids], device=device)
+    logits = lm(input_ids=ids, use_cache=False).logits
+    return _per_row_ce(logits[:, :-1], labels[:, 1:])[0]

@@ -1,0 +1,62 @@
+"""Training examples: a chat split into the context the model reads and the response it learns.
+
+The split is made on ONE tokenization of the whole conversation, at the character where the
+response starts (the end of the prompt the chat template writes with `add_generation_prompt`).
+Tokenizing the two halves separately can merge or split characters differently at the boundary,
+so the halves would not be the tokens the model sees at inference; cutting one token list cannot
+have that problem: context + response is the whole conversation's tokenization by construction.
+A token that straddles the boundary (a template whose prompt ends in a space, say, before a BPE
+token " Paris") goes to the response, so the response is always whole. The context then loses its oldest tokens
+down to `max_context_tokens`; the response is always kept whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    """A chat whose last message is the assistant response to learn; `id` traces it to its memories."""
+
+    id: str
+    messages: list[dict]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    id: str
+    context_ids: list[int]
+    response_ids: list[int]
+    truncated: int = 0  # context tokens dropped from the left
+
+
+def split_point(tokenizer, messages: list[dict]) -> tuple[str, int]:
+    """The whole conversation's text and the character offset where the response starts."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a training example must end with an assistant message (the response)")
+    if len(messages) < 2:
+        raise ValueError("a training example needs at least one message before the response")
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the whole chat")
+    return full, len(prompt)
+
+
+def encode_example(tokenizer, example: TrainingExample, max_context_tokens: int) -> EncodedExample:
+    full, boundary = split_point(tokenizer, example.messages)
+    # The template already wrote the special tokens; adding them again would double the BOS.
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+    # The first token holding any response character begins the response.
+    cut = next((i for i, (_start, end) in enumerate(offsets) if end > boundary), len(ids))
+    context, response = ids[:cut], ids[cut:]
+    if not context or not response:
+        raise ValueError(f"example {example.id!r} has an empty context or response after tokenizing")
+    dropped = max(0, len(context) - max_context_tokens)
+    return EncodedExample(example.id, context[dropped:], response, truncated=dropped)
+
+
+def encode_examples(tokenizer, examples: list[TrainingExample], max_context_tokens: int) -> list[EncodedExample]:
+    return [encode_example(tokenizer, example, max_context_tokens) for example in examples]
