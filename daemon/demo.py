@@ -4,7 +4,8 @@ Each step prints what it did. Today: prepare the embedded model (converting it o
 drop the bundled sample logs (one per format) into the inbox, ingest them the way the daemon does
 (parse, store, embed, link into the memory graph), draw a few "collisions" — distant memories
 joined through the graph, the raw material of dreams — and ask the model a question whose answer
-is only in the logs, with and without the closest memory in its context.
+is only in the logs, with and without the closest memory in its context; then run one whole dream
+cycle (dreams, signal agent, training round, quality gate) and show the status.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def sample_files() -> list[Path]:
     return sorted(Path(str(p)) for p in folder.iterdir() if p.name != "README.md" and not p.name.startswith("."))
 
 
-def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) -> dict:
+def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None], dreams: int = 8) -> dict:
     layout.ensure()
     started = time.monotonic()
     loaded = load_model(config.model, layout.models)
@@ -78,6 +79,7 @@ def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) ->
     say(f"  closest memory: {_short(memory, 90)!r}")
     say(f"  from its weights alone: {plain}")
     say(f"  with the memory in context: {recalled}")
+    cycle = run_one_cycle(config, layout, dreams, say) if dreams else None
     return {
         "model_dir": str(loaded.directory),
         "files": report.files,
@@ -89,7 +91,41 @@ def run_demo(config: Config, layout: StateLayout, say: Callable[[str], None]) ->
         "collisions": [{"node_ids": c.node_ids, "paths": c.paths} for c in collisions],
         "answer_without_memory": plain,
         "answer_with_memory": recalled,
+        "cycle": cycle,
     }
+
+
+def run_one_cycle(config: Config, layout: StateLayout, dreams: int, say: Callable[[str], None]) -> dict:
+    """One dream cycle, the steps the daemon runs (here in this process), then the status."""
+    from dreamd.daemon.stages import run_cycle
+    from dreamd.daemon.status import collect_status
+
+    say(f"dream cycle: {dreams} dreams -> signal agent -> training round -> quality gate "
+        "(a few minutes on two CPU cores)")
+    raw = config.to_dict()
+    raw["dreams"]["per_cycle"] = dreams
+    started = time.monotonic()
+    result = run_cycle(raw, str(layout.root))
+    steps = result.get("steps", {})
+    made = steps.get("dreams", {})
+    if made:
+        say(f"  dreams: {made.get('dreams', 0)} played out, {made.get('accepted', 0)} accepted by the signal agent"
+            + (f"; rejected for {made['rejections']}" if made.get("rejections") else ""))
+    if "training" in steps:
+        t = steps["training"]
+        say(f"  training: {t['examples']} examples ({t['dream_examples']} dreams) from {t['parent']} -> "
+            f"candidate {t['candidate']}, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
+    if "gate" in steps:
+        g = steps["gate"]
+        say(f"  quality gate: {g['decision']} against {g['compared_to']} (evaluated in {g['eval_seconds']:.0f} s)"
+            + "".join(f"\n    {reason}" for reason in g["reasons"]))
+    say(f"  outcome: {result.get('outcome')} in {time.monotonic() - started:.0f} s")
+    status = collect_status(layout)
+    say(f"status: current {status['current'] or 'base'}, last_good {status['last_good'] or 'base'}; "
+        f"{status['graph']['nodes']} memories, {status['dreams']['generated']} dreams "
+        f"({status['dreams']['accepted']} accepted), {status['training_rounds']} training rounds")
+    return {"outcome": result.get("outcome"), "steps": steps, "current": status["current"],
+            "last_good": status["last_good"]}
 
 
 def _best_memory_for(question: str, ingester: Ingester, embedder: Embedder) -> str:

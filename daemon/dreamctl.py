@@ -101,16 +101,19 @@ def ask(obj: Context, question: str, max_new_tokens: int, as_json: bool):
 
 
 @main.command()
+@click.option("--dreams", default=8, show_default=True, help="Dreams in the demo's cycle (0: skip the cycle).")
 @json_option
 @click.pass_obj
-def demo(obj: Context, as_json: bool):
-    """Run the loop built so far on the bundled sample conversation logs, saying what it does."""
+def demo(obj: Context, dreams: int, as_json: bool):
+    """Run the whole loop once on the bundled sample logs, saying what each stage does: ingest
+    into the memory graph, collisions, a question, then one dream cycle (dreams, signal agent,
+    training round, quality gate) and the status."""
     from dreamd.daemon.demo import run_demo
 
     config = obj.config()
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
-        summary = run_demo(config, obj.layout(), say)
+        summary = run_demo(config, obj.layout(), say, dreams=dreams)
     except ConfigError as exc:
         raise ConfigProblem(exc) from None
     if as_json:

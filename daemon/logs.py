@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import structlog
 
@@ -41,6 +42,8 @@ def configure_logging(mode: str = "console", level: str = "info") -> None:
     root.setLevel(numeric)
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # transformers' generate() asks peft models a deprecated question on every call; not ours to fix.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from sqlite_utils import Database
@@ -29,7 +30,7 @@ from dreamd.daemon.logs import get_logger
 from dreamd.daemon.state_dir import StateLayout
 from dreamd.daemon.training_set import replay_example
 from dreamd.memory_graph.store import blob_vector, vector_blob, write
-from dreamd.trainers.gate import EvalSettings, decide, forgetting_per_slice
+from dreamd.trainers.gate import Decision, EvalSettings, decide, forgetting_per_slice
 from dreamd.trainers.lineage import BASE, read_pointer, rollback, set_pointer
 
 log = get_logger(__name__)
@@ -198,9 +199,25 @@ class Evaluator:
 
 # --- the two entry points --------------------------------------------------------------------
 
-def gate_candidate(config: Config, layout: StateLayout, db: Database, candidate: str, embed) -> dict:
-    """Evaluate `candidate`, promote it only if the gate passes, and record the decision."""
-    started = time.monotonic()
+@dataclass
+class Judgement:
+    """A candidate's evaluation and the gate's decision on it, not yet acted on."""
+
+    candidate: str
+    compared_to: str
+    suite_key: str
+    metrics: dict
+    fingerprint: np.ndarray
+    decision: Decision
+    eval_seconds: float
+
+    @property
+    def outcome(self) -> str:
+        return "promoted" if self.decision.promote else "rejected"
+
+
+def judge_candidate(config: Config, layout: StateLayout, db: Database, candidate: str, embed) -> Judgement:
+    """Evaluate `candidate` against the current model and the base; decide, but move nothing."""
     evaluator = Evaluator(config, layout, db, embed)
     current = read_pointer(layout, "current")
     current_metrics, current_fingerprint, seconds = evaluator.metrics_of(current)
@@ -209,17 +226,27 @@ def gate_candidate(config: Config, layout: StateLayout, db: Database, candidate:
     metrics, fingerprint, eval_seconds = evaluator.metrics_of(candidate, fresh=True, previous=current_fingerprint)
     metrics["forgetting"] = forgetting_per_slice(promoted_history(db), metrics["slice_losses"])
     decision = decide(metrics, current_metrics, evaluator.base.metrics, config.gate)
-    if decision.promote:
-        set_pointer(layout, "current", candidate)
-        set_pointer(layout, "last_good", candidate)
-    outcome = "promoted" if decision.promote else "rejected"
-    record(db, candidate, "candidate", evaluator.key, metrics, fingerprint, outcome, decision.reasons,
-           eval_seconds, compared_to=current)
-    log.info("gate decision", checkpoint=candidate, decision=outcome, reasons=decision.reasons,
-             compared_to=current, eval_seconds=round(eval_seconds, 1), metrics=_brief(metrics))
-    return {"checkpoint": candidate, "decision": outcome, "reasons": decision.reasons, "compared_to": current,
-            "metrics": metrics, "eval_seconds": round(eval_seconds, 2),
-            "seconds": round(time.monotonic() - started, 2)}
+    return Judgement(candidate, current, evaluator.key, metrics, fingerprint, decision, eval_seconds)
+
+
+def apply_judgement(layout: StateLayout, db: Database, judgement: Judgement) -> dict:
+    """Promote (`current` and `last_good` move to the candidate) or reject; record it either way."""
+    if judgement.decision.promote:
+        set_pointer(layout, "current", judgement.candidate)
+        set_pointer(layout, "last_good", judgement.candidate)
+    record(db, judgement.candidate, "candidate", judgement.suite_key, judgement.metrics, judgement.fingerprint,
+           judgement.outcome, judgement.decision.reasons, judgement.eval_seconds, compared_to=judgement.compared_to)
+    log.info("gate decision", checkpoint=judgement.candidate, decision=judgement.outcome,
+             reasons=judgement.decision.reasons, compared_to=judgement.compared_to,
+             eval_seconds=round(judgement.eval_seconds, 1), metrics=_brief(judgement.metrics))
+    return {"checkpoint": judgement.candidate, "decision": judgement.outcome, "reasons": judgement.decision.reasons,
+            "compared_to": judgement.compared_to, "metrics": judgement.metrics,
+            "eval_seconds": round(judgement.eval_seconds, 2)}
+
+
+def gate_candidate(config: Config, layout: StateLayout, db: Database, candidate: str, embed) -> dict:
+    """Evaluate `candidate`, promote it only if the gate passes, and record the decision."""
+    return apply_judgement(layout, db, judge_candidate(config, layout, db, candidate, embed))
 
 
 def recheck_current(config: Config, layout: StateLayout, db: Database, embed) -> dict:

@@ -10,9 +10,7 @@ stage lands, and so tests can run the real daemon on scripted fakes.
   called as `f(config_dict, state_root) -> dict`.
 
 The dream cycle is a fixed sequence of steps (collision sampling -> dreams -> signal agent ->
-training round -> gate -> promote or reject). A step is wired by naming its target in
-CYCLE_STEPS; while any is unwired the cycle reports `skipped` with the missing steps instead of
-pretending to run.
+training round -> gate -> promote or reject), named in CYCLE_STEPS and written in cycle.py.
 """
 
 from __future__ import annotations
@@ -26,18 +24,18 @@ from dreamd.daemon.state_dir import StateLayout
 
 IngestFn = Callable[[Config, StateLayout], dict[str, Any]]
 
-# Each step: (name, "module:function" or None while that stage is not written). A step function
-# takes the cycle context (config, state_root and every earlier step's result, by name) and
-# returns a dict; {"stop": true, "outcome": ...} ends the cycle early (e.g. no dream accepted).
+# Each step: (name, "module:function"). A step function takes the cycle context (config, state_root
+# and every earlier step's result, by name) and returns a dict; {"stop": true, "outcome": ...} ends
+# the cycle early (e.g. no dream accepted). daemon/cycle.py says what each does. A step named with
+# None (while a stage is being written) makes the cycle report `skipped` instead of pretending.
 CYCLE_STEPS: tuple[tuple[str, str | None], ...] = (
-    ("collisions", None),  # memory_graph walks: distant but connected memories (issue 3)
-    ("dreams", None),      # scenario composition and the model's responses (dreams issue)
-    ("signal", None),      # the signal agent: scores, reasons, provenance
-    ("training", None),    # one context-frozen APOLLO round into a candidate checkpoint (issue 4)
-    ("gate", None),        # trainers/gate.py decides on the candidate's evaluation
-    ("promote", None),     # move `current` (and `last_good`), or record the rejection
+    ("dreams", "dreamd.daemon.cycle:dreams"),        # collisions -> dreams -> signal agent, stored
+    ("training", "dreamd.daemon.cycle:training"),    # one context-frozen APOLLO round -> a candidate
+    ("gate", "dreamd.daemon.cycle:gate"),            # evaluate the candidate, decide
+    ("promote", "dreamd.daemon.cycle:promote"),      # move current/last_good, or record the rejection
 )
-REEVALUATE_TARGET: str | None = None  # re-evaluation of `current` (gate issue)
+REEVALUATE_TARGET: str | None = "dreamd.daemon.cycle:reevaluate"  # re-check current, roll back if bad
+
 
 @dataclass
 class Stages:

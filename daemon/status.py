@@ -9,6 +9,7 @@ in milliseconds even on a large database.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -24,6 +25,7 @@ NODE_TABLES = ("memory_nodes", "nodes", "memories")
 EDGE_TABLES = ("edges", "graph_edges")
 ROUND_TABLES = ("rounds", "training_rounds")
 POINTER_LIMIT = 256
+SUMMARY_METRICS = ("heldout_loss", "probe_loss", "probe_accuracy", "kl_to_base", "fingerprint_to_base")
 
 
 def inbox_counts(layout: StateLayout) -> dict[str, int]:
@@ -49,19 +51,6 @@ def read_pointer(path: Path) -> str | None:
         return None
     text = raw.decode("utf-8", errors="replace").strip().splitlines()
     return text[0].strip() if text and text[0].strip() else None
-
-
-def checkpoint_summary(layout: StateLayout, checkpoint_id: str | None) -> dict[str, Any] | None:
-    """The evaluation summary from a checkpoint's manifest, if the trainer wrote one."""
-    if not checkpoint_id or "/" in checkpoint_id or checkpoint_id.startswith("."):
-        return None
-    manifest = read_json(layout.checkpoints / checkpoint_id / "manifest.json")
-    if not manifest:
-        return None
-    for key in ("evaluation", "metrics", "eval"):
-        if isinstance(manifest.get(key), dict):
-            return manifest[key]
-    return None
 
 
 def database_counts(path: Path) -> dict[str, Any]:
@@ -98,12 +87,31 @@ def database_counts(path: Path) -> dict[str, Any]:
             elif "status" in columns:
                 out["dreams_accepted"] = count(("dreams",), "WHERE status = 'accepted'")
         out["training_rounds"] = count(ROUND_TABLES)
+        if "evaluations" in tables:
+            out.update(gate_records(conn))
         out["database"] = "ok"
     except sqlite3.Error as exc:
         out["database"] = f"error: {exc}"
     finally:
         conn.close()
     return out
+
+
+def gate_records(conn: sqlite3.Connection) -> dict[str, Any]:
+    """From the quality gate's `evaluations` table: rounds gated, the last decision, and the
+    newest evaluation of every checkpoint (for current and last_good)."""
+    rounds = conn.execute("SELECT count(*) FROM evaluations WHERE purpose = 'candidate'").fetchone()[0]
+    row = conn.execute(
+        "SELECT checkpoint, purpose, decision, reasons, evaluated_at FROM evaluations "
+        "WHERE purpose IN ('candidate', 'recheck') ORDER BY id DESC LIMIT 1").fetchone()
+    last = None if row is None else {"checkpoint": row[0], "purpose": row[1], "decision": row[2],
+                                     "reasons": json.loads(row[3]), "at": row[4]}
+    newest = {}
+    for checkpoint, metrics, decision in conn.execute(
+            "SELECT checkpoint, metrics, decision FROM evaluations ORDER BY id"):
+        numbers = json.loads(metrics)
+        newest[checkpoint] = {"decision": decision, **{k: numbers.get(k) for k in SUMMARY_METRICS}}
+    return {"training_rounds": rounds, "last_gate_decision": last, "evaluations": newest}
 
 
 def collect_status(layout: StateLayout, live: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -127,10 +135,10 @@ def collect_status(layout: StateLayout, live: dict[str, Any] | None = None) -> d
         "dreams": {"generated": db["dreams_generated"], "accepted": db["dreams_accepted"]},
         "training_rounds": db["training_rounds"],
         "current": current,
-        "current_evaluation": checkpoint_summary(layout, current),
+        "current_evaluation": db.get("evaluations", {}).get(current or "base"),
         "last_good": last_good,
-        "last_good_evaluation": checkpoint_summary(layout, last_good),
-        "last_gate_decision": source.get("last_gate_decision"),
+        "last_good_evaluation": db.get("evaluations", {}).get(last_good or "base"),
+        "last_gate_decision": db.get("last_gate_decision") or source.get("last_gate_decision"),
         "last_cycle": source.get("last_cycle"),
         "last_error": source.get("last_error"),
         "next_runs": (live or {}).get("next_runs", {}),

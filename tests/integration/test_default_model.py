@@ -8,6 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from dreamd.daemon.dreamctl import main as dreamctl
+from dreamd.daemon.state_dir import StateLayout
+from dreamd.memory_graph.store import open_store
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.settings import EmbedderSettings
 from dreamd.trainers.generate import chat_reply
@@ -49,7 +51,7 @@ def test_default_embedder_places_related_sentences_closer():
 def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
     config = tmp_path / "dreamd.toml"
     config.write_text(f'[model]\npath = "{default_model_dir}"\ndevice = "cpu"\n')
-    result = CliRunner().invoke(dreamctl, ["--config", str(config), "demo", "--json"])
+    result = CliRunner().invoke(dreamctl, ["--config", str(config), "demo", "--dreams", "4", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     # The demo goes through the real inbox: six sample files, one per format, ingested once.
@@ -57,3 +59,27 @@ def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
     assert summary["messages"] == 43 and summary["memories"] == 20
     assert summary["collisions"] and all(2 <= len(c["node_ids"]) <= 4 for c in summary["collisions"])
     assert summary["answer_without_memory"] and summary["answer_with_memory"]
+    check_cycle(summary["cycle"], StateLayout(tmp_path / "state"))
+
+
+def check_cycle(cycle, layout):
+    """One whole dream cycle ran: every dream stored; if any was accepted, a round was trained,
+    gated, recorded, and the pointers say what the gate decided."""
+    db = open_store(layout.database)
+    generated, accepted = db.execute("SELECT count(*), coalesce(sum(accepted), 0) FROM dreams").fetchone()
+    assert generated == 4
+    steps = cycle["steps"]
+    if "training" not in steps:  # every dream rejected: a legitimate outcome, recorded as such
+        assert accepted == 0 and cycle["current"] is None
+        return
+    candidate = steps["training"]["candidate"]
+    assert steps["training"]["examples"] >= steps["dreams"]["accepted"] == accepted > 0
+    assert (layout.checkpoints / candidate / "manifest.json").is_file()
+    decision = steps["gate"]["decision"]
+    assert cycle["outcome"] == decision in ("promoted", "rejected")
+    assert db.execute("SELECT decision FROM evaluations WHERE checkpoint = ? AND purpose = 'candidate'",
+                      (candidate,)).fetchone() == (decision,)
+    expected = candidate if decision == "promoted" else None
+    assert cycle["current"] == expected == cycle["last_good"]
+    trained = db.execute("SELECT count(*) FROM dreams WHERE trained_in = ?", (candidate,)).fetchone()[0]
+    assert trained == steps["training"]["dream_examples"] > 0

@@ -25,12 +25,12 @@ def test_a_later_stage_appends_a_migration(tmp_path, monkeypatch):
     db = open_store(tmp_path / "d.db")
     added = []
 
-    def m999_dreams(db):
-        db.execute("CREATE TABLE dreams (id INTEGER PRIMARY KEY, text TEXT)")
+    def m999_later_stage(db):
+        db.execute("CREATE TABLE later_stage (id INTEGER PRIMARY KEY, text TEXT)")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, m999_dreams])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, m999_later_stage])
     added = migrate(db)
-    assert added == ["m999_dreams"] and "dreams" in db.table_names()
+    assert added == ["m999_later_stage"] and "later_stage" in db.table_names()
     assert db.execute("SELECT max(number) FROM _migrations").fetchone()[0] == len(MIGRATIONS) + 1
 
 

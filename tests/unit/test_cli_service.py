@@ -27,7 +27,6 @@ def layout(tmp_path):
     layout.current_pointer.write_text("r0007\n")
     layout.last_good_pointer.write_text("r0005\n")
     (layout.checkpoints / "r0007").mkdir()
-    (layout.checkpoints / "r0007" / "manifest.json").write_text(json.dumps({"metrics": {"heldout_loss": 1.5}}))
     return layout
 
 
@@ -40,6 +39,11 @@ def make_database(path: Path, messages: int) -> None:
         db.executemany("INSERT INTO messages (content) VALUES (?)", (("message %d" % i,) for i in range(messages)))
         db.executemany("INSERT INTO edges VALUES (?, ?)", ((i, i + 1) for i in range(500)))
         db.executemany("INSERT INTO dreams (accepted) VALUES (?)", ((i % 3 == 0,) for i in range(30)))
+        # The quality gate's table, with the columns status reads (memory_graph/migrations.py).
+        db.execute("CREATE TABLE evaluations (id INTEGER PRIMARY KEY, checkpoint TEXT, purpose TEXT, "
+                   "evaluated_at REAL, metrics TEXT, decision TEXT, reasons TEXT)")
+        db.execute("INSERT INTO evaluations (checkpoint, purpose, evaluated_at, metrics, decision, reasons) "
+                   "VALUES ('r0007', 'candidate', 1.0, '{\"heldout_loss\": 1.5}', 'promoted', '[]')")
 
 
 def run(*args):
@@ -54,10 +58,12 @@ def test_status_without_the_daemon_reads_the_state_dir(layout):
     assert data["daemon"] == "stopped" and data["phase"] == "stopped" and data["source"] == "state dir"
     assert data["inbox"] == {"new": 2, "processing": 0, "quarantine": 1}
     assert (data["current"], data["last_good"]) == ("r0007", "r0005")
-    assert data["current_evaluation"] == {"heldout_loss": 1.5}
+    assert data["current_evaluation"]["decision"] == "promoted"
+    assert data["current_evaluation"]["heldout_loss"] == 1.5
+    assert data["last_gate_decision"]["checkpoint"] == "r0007"
     assert data["graph"] == {"messages": 1000, "nodes": None, "edges": 500}  # no nodes table yet
     assert data["dreams"] == {"generated": 30, "accepted": 10}
-    assert data["training_rounds"] is None and data["database"] == "ok"
+    assert data["training_rounds"] == 1 and data["database"] == "ok"
     human = run("status").output
     assert "stopped" in human and "new 2, processing 0, quarantine 1" in human and "r0007" in human
 

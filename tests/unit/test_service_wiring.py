@@ -3,6 +3,7 @@
 from importlib import resources
 
 from dreamd.daemon import stages
+from dreamd.daemon.child import resolve
 from dreamd.daemon.config import config_from_dict
 from dreamd.daemon.state_dir import StateLayout
 from dreamd.daemon.status import collect_status
@@ -32,10 +33,13 @@ def test_default_ingest_drains_the_inbox_into_the_graph(tmp_path, monkeypatch):
     assert again["files"] == 0 and len(stages._ingesters) == 1
 
 
-def test_cycle_says_which_stages_are_not_wired():
-    result = stages.run_cycle({}, "/nonexistent")
-    assert result["outcome"] == "skipped"
-    assert result["not_wired"] == ["collisions", "dreams", "signal", "training", "gate", "promote"]
+def test_every_cycle_stage_is_wired_and_an_unwired_one_is_reported():
+    assert [name for name, target in stages.CYCLE_STEPS if target is None] == []
+    for _name, target in stages.CYCLE_STEPS:
+        assert callable(resolve(target))
+    assert callable(resolve(stages.REEVALUATE_TARGET))
+    result = stages.run_cycle({}, "/nonexistent", steps=(("dreams", None), ("gate", "x:y")))
+    assert result["outcome"] == "skipped" and result["not_wired"] == ["dreams"]
 
 
 def test_cycle_runs_wired_steps_in_order_and_stops_early(tmp_path):
