@@ -139,3 +139,8 @@ main.add_command(rollback_cmd)
 from dreamd.daemon.cli_ingest import ingest_cmd  # noqa: E402
 
 main.add_command(ingest_cmd)
+
+from dreamd.daemon.cli_review_export import export, review  # noqa: E402
+
+main.add_command(review)
+main.add_command(export)
