@@ -30,6 +30,7 @@ from dreamd.daemon.logs import get_logger
 from dreamd.daemon.state_dir import StateLayout
 from dreamd.daemon.training_set import replay_example
 from dreamd.memory_graph.store import blob_vector, vector_blob, write
+from dreamd.trainers.checkpoints import CheckpointError
 from dreamd.trainers.gate import Decision, EvalSettings, decide, forgetting_per_slice
 from dreamd.trainers.lineage import BASE, read_pointer, rollback, set_pointer
 
@@ -257,8 +258,15 @@ def recheck_current(config: Config, layout: StateLayout, db: Database, embed) ->
     if current == BASE:
         return {"checkpoint": BASE, "decision": "kept", "reasons": ["the base model is always acceptable"]}
     evaluator = Evaluator(config, layout, db, embed)
+    try:
+        metrics, fingerprint, seconds = evaluator.metrics_of(current, fresh=True)
+    except CheckpointError as exc:  # damaged on disk: nothing to evaluate, go back at once
+        target = last_good if current != last_good else BASE
+        rollback(layout, target)
+        log.error("current checkpoint does not verify; rolled back", checkpoint=current, rolled_back_to=target,
+                  error=str(exc))
+        return {"checkpoint": current, "decision": "rolled_back", "rolled_back_to": target, "reasons": [str(exc)]}
     reference = None if current == last_good else evaluator.metrics_of(last_good)[0]
-    metrics, fingerprint, seconds = evaluator.metrics_of(current, fresh=True)
     decision = decide(metrics, reference, evaluator.base.metrics, config.gate)
     outcome, target = "kept", None
     if not decision.promote:

@@ -78,6 +78,14 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
     # A good current is kept by the re-check.
     assert recheck_current(config, layout, db, embedder.encode)["decision"] == "kept"
 
+    # A current checkpoint damaged on disk is not evaluated: the re-check goes back at once.
+    weights = next((layout.checkpoints / bad).rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-16])
+    set_pointer(layout, "current", bad, verify=False)
+    result = recheck_current(config, layout, db, embedder.encode)
+    assert result["decision"] == "rolled_back" and read_pointer(layout, "current") == good
+    assert weights.name in " ".join(result["reasons"])
+
 
 def test_metrics_are_reproducible_and_kl_grows_with_the_update(world):
     config, layout, db, embedder = world
