@@ -94,8 +94,9 @@ def _status_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
         ("dreams", f"generated {_n(dreams['generated'])}, accepted {_n(dreams['accepted'])}"),
         ("training rounds", d["training_rounds"]),
         ("current", d["current"] or "base model"),
+        ("  evaluation", _evaluation(d.get("current_evaluation"))),
         ("last_good", d["last_good"]),
-        ("last gate decision", _short(d.get("last_gate_decision"))),
+        ("last gate decision", _decision(d.get("last_gate_decision"))),
         ("last cycle", f"{cycle.get('status')}: {(cycle.get('result') or {}).get('outcome') or cycle.get('error')}"
          if cycle else None),
         ("last error", f"{error.get('where')}: {error.get('error')}" if error else None),
@@ -104,6 +105,23 @@ def _status_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
     rows += [(f"next {job}", when) for job, when in sorted((d.get("next_runs") or {}).items())]
     rows.append(("state dir", d["state_dir"]))
     return rows
+
+
+def _evaluation(summary: dict[str, Any] | None) -> str | None:
+    """The current model's newest evaluation, in a line: what the gate saw."""
+    if not summary:
+        return None
+    names = {"heldout_loss": "held-out loss", "probe_loss": "probe loss", "probe_accuracy": "probe accuracy",
+             "kl_to_base": "KL to base", "fingerprint_to_base": "fingerprint"}
+    parts = [f"{label} {summary[key]:.3g}" for key, label in names.items() if isinstance(summary.get(key), float)]
+    return ", ".join(parts) or None
+
+
+def _decision(decision: Any) -> Any:
+    if not isinstance(decision, dict) or "decision" not in decision:
+        return _short(decision)
+    reasons = "; ".join(decision.get("reasons") or [])
+    return f"{decision['decision']} {decision.get('checkpoint')}" + (f" ({_short(reasons)})" if reasons else "")
 
 
 def _n(value: int | None) -> str:

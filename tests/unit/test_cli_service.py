@@ -66,6 +66,7 @@ def test_status_without_the_daemon_reads_the_state_dir(layout):
     assert data["training_rounds"] == 1 and data["database"] == "ok"
     human = run("status").output
     assert "stopped" in human and "new 2, processing 0, quarantine 1" in human and "r0007" in human
+    assert "promoted r0007" in human and "held-out loss 1.5" in human
 
 
 def test_status_of_an_empty_state_dir():
