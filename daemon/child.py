@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -57,7 +58,7 @@ def resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str) -> None:
+def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str, log_path: str | None) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -70,6 +71,11 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str)
     from dreamd.daemon.logs import configure_logging
 
     configure_logging("json", log_level)
+    if log_path:  # the daemon's log file too, so `dreamctl logs` shows the cycle's own events
+        root = logging.getLogger()
+        handler = logging.FileHandler(log_path, encoding="utf-8")  # appends; the daemon rotates
+        handler.setFormatter(root.handlers[0].formatter)
+        root.addHandler(handler)
     try:
         result = resolve(target)(*args)
         conn.send(("ok", result if isinstance(result, dict) else {"value": result}))
@@ -87,16 +93,19 @@ def run_in_child(
     stop_timeout: float = 60.0,
     log_level: str = "info",
     on_start: Callable[[int], None] | None = None,
+    abort: threading.Event | None = None,
+    log_path: str | None = None,
 ) -> ChildOutcome:
     """Run `target(*args)` in a spawned child and wait for its dict result.
 
     When `stop` is set while the child runs, it gets `stop_timeout` seconds to finish; then it is
-    sent SIGTERM, and SIGKILL TERM_GRACE seconds later, and the outcome is "abandoned". Stages
+    sent SIGTERM, and SIGKILL TERM_GRACE seconds later, and the outcome is "abandoned". `abort`
+    does the same without the wait (a rollback must not wait for a cycle to finish). Stages
     write with rename-into-place, so an abandoned step leaves nothing half-written behind.
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(target, args, sender, os.getpid(), log_level),
+    process = ctx.Process(target=_child_main, args=(target, args, sender, os.getpid(), log_level, log_path),
                           name=f"dreamd-{target.rsplit(':', 1)[-1]}", daemon=False)
     started = time.monotonic()
     process.start()
@@ -105,8 +114,8 @@ def run_in_child(
         on_start(process.pid)
     message, deadline = None, None
     while True:
-        # Wake on the result, the child's death, or every 0.5 s to look at `stop`; this polling
-        # happens only while a child runs, never when the daemon is idle.
+        # Wake on the result, the child's death, or every 0.5 s to look at `stop` and `abort`; this
+        # polling happens only while a child runs, never when the daemon is idle.
         ready = multiprocessing.connection.wait([receiver, process.sentinel], timeout=0.5)
         if receiver in ready:
             try:
@@ -116,6 +125,10 @@ def run_in_child(
             break
         if process.sentinel in ready:
             break
+        if abort is not None and abort.is_set():
+            _terminate(process)
+            return ChildOutcome("abandoned", None, "abandoned on request", time.monotonic() - started,
+                                process.exitcode)
         if stop is not None and stop.is_set():
             deadline = deadline or time.monotonic() + stop_timeout
             if time.monotonic() >= deadline:

@@ -1,5 +1,7 @@
-"""`dreamctl checkpoints` and `dreamctl rollback`: the lineage and its pointers, straight from the
-state directory. No torch is imported: listing, verifying and moving pointers need only files."""
+"""`dreamctl checkpoints` and `dreamctl rollback`: the lineage and its pointers. Listing reads the
+state directory; rollback goes through the running daemon, or acts on the state directory under the
+instance lock when it is down. No torch is imported: listing, verifying and moving pointers need
+only files."""
 
 from __future__ import annotations
 
@@ -44,17 +46,35 @@ def rollback_cmd(obj, checkpoint_id: str | None, to_base: bool, as_json: bool):
     """Point `current` back at last_good, at CHECKPOINT_ID, or (--to-base) at the base model.
 
     Only a checkpoint that verifies is accepted; running it twice changes nothing the second time.
+    A running dreamd does it (abandoning a dream cycle that runs, so no promotion can overtake
+    the rollback; it needs root, the daemon's user or the control group); when dreamd is down,
+    dreamctl does it itself under the daemon's instance lock.
     """
+    from dreamd.daemon.cli_service import EXIT_DENIED, CommandFailed, _ask
+    from dreamd.daemon.control import DaemonUnavailable
+    from dreamd.daemon.instance_lock import AlreadyRunning
+    from dreamd.daemon.rollback import roll_back_offline
     from dreamd.trainers.checkpoints import CheckpointError
-    from dreamd.trainers.lineage import BASE, rollback
+    from dreamd.trainers.lineage import BASE
 
     if to_base and checkpoint_id:
         raise click.UsageError("give a CHECKPOINT_ID or --to-base, not both")
     obj.config()
     layout = obj.layout()
-    target = BASE if to_base else checkpoint_id
+    args = {"to_base": True} if to_base else {"checkpoint": checkpoint_id} if checkpoint_id else {}
     try:
-        result = rollback(layout, target)
-    except (CheckpointError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        # Abandoning a running cycle takes up to its child's SIGTERM grace: wait longer than that.
+        result = {**_ask(layout, "rollback", args, timeout=30.0), "via": "daemon"}
+    except DaemonUnavailable:
+        if not layout.root.is_dir():
+            raise click.ClickException(f"no state dir at {layout.root}") from None
+        try:
+            result = roll_back_offline(layout, BASE if to_base else checkpoint_id)
+        except (CheckpointError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except AlreadyRunning as exc:
+            raise CommandFailed(f"dreamd runs (pid {exc.pid}) but its control socket does not answer") from None
+        except PermissionError as exc:
+            raise CommandFailed(f"cannot change the state dir: {exc}", EXIT_DENIED) from None
+        result["via"] = "state dir (dreamd is not running)"
     emit(result, as_json)

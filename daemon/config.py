@@ -138,6 +138,14 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # strings and lists of strings/numbers are valid TOML this way
 
 
+def render_config(raw: dict[str, dict[str, Any]]) -> str:
+    """A config as TOML that load_config reads back the same (e.g. Config.to_dict() with a change)."""
+    lines = []
+    for section, values in raw.items():
+        lines += [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()] + [""]
+    return "\n".join(lines)
+
+
 def render_example() -> str:
     """The commented example config: every key, its default and its help text."""
     lines = [

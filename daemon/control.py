@@ -41,7 +41,10 @@ MAX_SUN_PATH = 107  # sockaddr_un.sun_path is 108 bytes, one for the terminating
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
 READ_ONLY = frozenset({"ping", "status"})
-MUTATING = frozenset({"pause", "resume", "dream_now", "reload"})
+MUTATING = frozenset({"pause", "resume", "dream_now", "reload", "rollback"})
+# A checkpoint id as trainers.checkpoints.new_checkpoint_id makes them (20250101T120000123456Z-1a2b3c),
+# or any name of letters, digits, `_` and `-`: never a path (no `/`, no `.`, so no `..` or `.tmp`).
+CHECKPOINT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,7 +56,11 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "args": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"reason": {"type": "string", "maxLength": 200}},
+            "properties": {
+                "reason": {"type": "string", "maxLength": 200},
+                "checkpoint": {"type": "string", "pattern": CHECKPOINT_ID_PATTERN},  # rollback's target
+                "to_base": {"type": "boolean"},  # rollback to the base model
+            },
         },
     },
 }
@@ -139,11 +146,11 @@ def parse_request(raw: bytes) -> dict[str, Any]:
 
 # --- the server --------------------------------------------------------------------------------
 
-Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[str, dict[str, Any], PeerCred], dict[str, Any]]
 
 
 class ControlServer:
-    """Listens on `path`; each connection is answered by `handler(cmd, args)` on a short thread.
+    """Listens on `path`; each connection is answered by `handler(cmd, args, peer)` on a short thread.
 
     The accept loop blocks in select() with no timeout (no idle wake-ups); stop() wakes it through
     a socketpair. `allowed(cred)` decides mutating commands; `handler` raises ControlError to refuse.
@@ -241,7 +248,7 @@ class ControlServer:
                 raise ControlError("denied", f"uid {cred.uid} may not {cmd}: needs root, the daemon's user or the control group")
             if cmd in MUTATING:
                 log.info("control command", cmd=cmd, uid=cred.uid, pid=cred.pid)
-            return {"ok": True, "result": self.handler(cmd, request["args"])}
+            return {"ok": True, "result": self.handler(cmd, request["args"], cred)}
         except ControlError as exc:
             return {"ok": False, "code": exc.code, "error": exc.message}
         except Exception as exc:  # a bug in a handler must not kill the control thread

@@ -33,6 +33,7 @@ class World:
     db: Any
     embedder: Any
     seed: int
+    examples: Any = None  # the round's training examples, marked as trained once the gate decided
     judgement: Any = None
 
 
@@ -68,8 +69,9 @@ def dreams(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def training(context: dict[str, Any]) -> dict[str, Any]:
+    from dreamd.daemon.history import record_training_round
     from dreamd.daemon.quality_gate import held_out_nodes
-    from dreamd.daemon.training_set import mark_trained, training_set
+    from dreamd.daemon.training_set import training_set
     from dreamd.trainers.lineage import read_pointer
     from dreamd.trainers.model_store import load_model
     from dreamd.trainers.round import train_round
@@ -81,11 +83,16 @@ def training(context: dict[str, Any]) -> dict[str, Any]:
         return {"stop": True, "outcome": "nothing to train on", "examples": 0}
     parent = read_pointer(w.layout, "current")
     steps: list[float] = []
+    started = time.time()
     candidate = train_round(load_model(w.config.model, w.layout.models), examples, w.config.training, w.layout,
                             parent_id=parent, on_step=lambda _i, result: steps.append(result.loss))
-    mark_trained(w.db, examples, candidate)
+    w.examples = examples
+    dream_examples = sum(e.id.startswith("dream:") for e in examples)
+    record_training_round(w.db, checkpoint=candidate, parent=parent, mode=w.config.training.mode,
+                          started_at=started, finished_at=time.time(), examples=len(examples),
+                          dream_examples=dream_examples, losses=steps)  # for `dreamctl report`
     return {"candidate": candidate, "parent": parent, "examples": len(examples),
-            "dream_examples": sum(e.id.startswith("dream:") for e in examples),
+            "dream_examples": dream_examples,
             "first_loss": steps[0] if steps else None, "last_loss": steps[-1] if steps else None}
 
 
@@ -101,10 +108,13 @@ def gate(context: dict[str, Any]) -> dict[str, Any]:
 
 def promote(context: dict[str, Any]) -> dict[str, Any]:
     from dreamd.daemon.quality_gate import apply_judgement
+    from dreamd.daemon.training_set import mark_trained
     from dreamd.trainers.lineage import read_pointer
 
     w = world(context)
     applied = apply_judgement(w.layout, w.db, w.judgement)
+    # Only now are the dreams spent: a cycle stopped before the gate decided leaves them for the next.
+    mark_trained(w.db, w.examples, w.judgement.candidate)
     return {"outcome": applied["decision"], "current": read_pointer(w.layout, "current"),
             "last_good": read_pointer(w.layout, "last_good")}
 

@@ -2,7 +2,7 @@
 
     dreams = dream_batch(db, graph, loaded, embedder, config, seed)      # the dreams + signal steps
     examples = training_set(db, config.dreams, seed)                      # then train_round(...)
-    mark_trained(db, examples, checkpoint_id)                             # once the round is written
+    mark_trained(db, examples, checkpoint_id)                             # once the gate has decided
 
 Everything here runs in the cycle's child process (generation is long work).
 """

@@ -105,10 +105,11 @@ def ask(obj: Context, question: str, max_new_tokens: int, as_json: bool):
 @json_option
 @click.pass_obj
 def demo(obj: Context, dreams: int, as_json: bool):
-    """Run the whole loop once on the bundled sample logs, saying what each stage does: ingest
-    into the memory graph, collisions, a question, then one dream cycle (dreams, signal agent,
-    training round, quality gate) and the status."""
-    from dreamd.daemon.demo import run_demo
+    """Run the real dreamd once on the bundled sample logs, saying what each stage does: the
+    inbox and the memory graph, collisions, a question, then one dream cycle (dreams, signal agent,
+    training round, quality gate) and the status. Starts dreamd on the state dir and stops it at
+    the end (or uses, and leaves running, the one already there)."""
+    from dreamd.daemon.demo import DemoError, run_demo
 
     config = obj.config()
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
@@ -116,6 +117,8 @@ def demo(obj: Context, dreams: int, as_json: bool):
         summary = run_demo(config, obj.layout(), say, dreams=dreams)
     except ConfigError as exc:
         raise ConfigProblem(exc) from None
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         emit(summary, as_json=True)
 
@@ -144,3 +147,11 @@ from dreamd.daemon.cli_review_export import export, review  # noqa: E402
 
 main.add_command(review)
 main.add_command(export)
+
+from dreamd.daemon.cli_report import report  # noqa: E402
+
+main.add_command(report)
+
+from dreamd.daemon.cli_experiment import experiment  # noqa: E402
+
+main.add_command(experiment)

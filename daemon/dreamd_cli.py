@@ -59,3 +59,7 @@ def main(config_path: str | None, state_dir: str | None, check_config: bool, sta
         # TimeoutStopSec). Children are gone and files are written by rename, so leave now.
         logging.shutdown()
         os._exit(code)
+
+
+if __name__ == "__main__":  # `python -m dreamd.daemon.dreamd_cli`, where no `dreamd` script is installed
+    main()

@@ -32,7 +32,7 @@ from dreamd.daemon.training_set import replay_example
 from dreamd.memory_graph.store import blob_vector, vector_blob, write
 from dreamd.trainers.checkpoints import CheckpointError
 from dreamd.trainers.gate import Decision, EvalSettings, decide, forgetting_per_slice
-from dreamd.trainers.lineage import BASE, read_pointer, rollback, set_pointer
+from dreamd.trainers.lineage import BASE, read_pointer, set_pointer
 
 log = get_logger(__name__)
 
@@ -232,11 +232,15 @@ def judge_candidate(config: Config, layout: StateLayout, db: Database, candidate
 
 def apply_judgement(layout: StateLayout, db: Database, judgement: Judgement) -> dict:
     """Promote (`current` and `last_good` move to the candidate) or reject; record it either way."""
+    from dreamd.daemon.history import PROMOTED, read_pointers, record_pointer_moves
+
+    before = read_pointers(layout)
     if judgement.decision.promote:
         set_pointer(layout, "current", judgement.candidate)
         set_pointer(layout, "last_good", judgement.candidate)
     record(db, judgement.candidate, "candidate", judgement.suite_key, judgement.metrics, judgement.fingerprint,
            judgement.outcome, judgement.decision.reasons, judgement.eval_seconds, compared_to=judgement.compared_to)
+    record_pointer_moves(db, before, read_pointers(layout), PROMOTED, "gate")  # a rejection moved nothing: no row
     log.info("gate decision", checkpoint=judgement.candidate, decision=judgement.outcome,
              reasons=judgement.decision.reasons, compared_to=judgement.compared_to,
              eval_seconds=round(judgement.eval_seconds, 1), metrics=_brief(judgement.metrics))
@@ -254,6 +258,8 @@ def recheck_current(config: Config, layout: StateLayout, db: Database, embed) ->
     """Re-evaluate `current`; if it fails the gate, roll back to `last_good` (or to the base
     when `current` is `last_good`). Against `last_good` the per-round tolerances apply; a current
     that is `last_good` is held to the budgets against the base only."""
+    from dreamd.daemon.history import ROLLED_BACK, rollback_and_record
+
     current, last_good = read_pointer(layout, "current"), read_pointer(layout, "last_good")
     if current == BASE:
         return {"checkpoint": BASE, "decision": "kept", "reasons": ["the base model is always acceptable"]}
@@ -262,7 +268,7 @@ def recheck_current(config: Config, layout: StateLayout, db: Database, embed) ->
         metrics, fingerprint, seconds = evaluator.metrics_of(current, fresh=True)
     except CheckpointError as exc:  # damaged on disk: nothing to evaluate, go back at once
         target = last_good if current != last_good else BASE
-        rollback(layout, target)
+        rollback_and_record(layout, target, by="recheck", why=ROLLED_BACK, db=db)
         log.error("current checkpoint does not verify; rolled back", checkpoint=current, rolled_back_to=target,
                   error=str(exc))
         return {"checkpoint": current, "decision": "rolled_back", "rolled_back_to": target, "reasons": [str(exc)]}
@@ -271,7 +277,7 @@ def recheck_current(config: Config, layout: StateLayout, db: Database, embed) ->
     outcome, target = "kept", None
     if not decision.promote:
         target = last_good if current != last_good else BASE
-        rollback(layout, target)
+        rollback_and_record(layout, target, by="recheck", why=ROLLED_BACK, db=db)
         outcome = "rolled_back"
     record(db, current, "recheck", evaluator.key, metrics, fingerprint, outcome, decision.reasons, seconds,
            compared_to=last_good if reference is not None else BASE)

@@ -9,7 +9,8 @@ state dir before we know we are alone), then the database, the control socket, t
 Stopping (SIGTERM/SIGINT): STOPPING=1, the scheduler takes no new runs, mutating commands are
 refused, a running child gets `stop_timeout_seconds` to finish and is then abandoned, the jobs are
 joined, the socket removed, the lock released, exit 0. SIGHUP re-reads the config file; a bad
-file is logged and the old settings stay.
+file is logged and the old settings stay. A rollback over the control socket abandons a running
+child the same way but at once (only children move pointers), then moves `current` itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamd.daemon import scheduler as jobs
-from dreamd.daemon.child import run_in_child
+from dreamd.daemon.child import TERM_GRACE, run_in_child
 from dreamd.daemon.config import Config, load_config
 from dreamd.daemon.control import ControlError, ControlServer, peer_allowed
 from dreamd.daemon.instance_lock import InstanceLock
@@ -64,6 +65,10 @@ class Service:
         self._first_scan_done = threading.Event()
         self._state_lock = threading.Lock()
         self._busy: dict[str, float] = {}  # job id -> start time, while it runs
+        self._aborts: dict[str, threading.Event] = {}  # job id -> abandons its child, while one runs
+        self._outcomes: dict[str, str] = {}  # job id -> how its last child run ended
+        self._rolling_back = False  # set under _state_lock: no child starts while a rollback runs
+        self._rollback_lock = threading.Lock()
         self._child_pid: int | None = None
         self._inbox_mtime: int | None = None
         self._new_messages = 0
@@ -319,14 +324,26 @@ class Service:
         if read_pause(self.layout):
             log.info("paused; skipped", job=job_id)
             return
+        abort = threading.Event()
+        with self._state_lock:
+            # The same lock a rollback takes to see what runs: a child either starts before it
+            # looks (and is abandoned by it) or sees it here and leaves the pointers alone.
+            if self._rolling_back:
+                log.info("a rollback is under way; skipped", job=job_id)
+                return
+            self._aborts[job_id] = abort
         self._set_busy(job_id, True)
         started = time.time()
         try:
             outcome = run_in_child(
                 target, (self.config.to_dict(), str(self.layout.root)), stop=self.stopping,
                 stop_timeout=self.config.daemon.stop_timeout_seconds, log_level=self.config.logging.level,
-                on_start=lambda pid: setattr(self, "_child_pid", pid),
+                on_start=lambda pid: setattr(self, "_child_pid", pid), abort=abort,
+                log_path=str(log_file(self.layout)),
             )
+            if outcome.status == "abandoned" and abort.is_set():
+                outcome.error = "abandoned for a rollback"
+            self._outcomes[job_id] = outcome.status
             record = {"job": job_id, "started": started, **outcome.to_dict()}
             if job_id == jobs.DREAM_CYCLE:
                 self.last_cycle = record
@@ -340,6 +357,8 @@ class Service:
         except Exception as exc:
             self._error(job_id, exc)
         finally:
+            with self._state_lock:
+                self._aborts.pop(job_id, None)
             self._child_pid = None
             self._set_busy(job_id, False)
 
@@ -348,7 +367,7 @@ class Service:
     def _allowed(self, cred) -> bool:
         return peer_allowed(cred, os.geteuid(), self.config.daemon.control_group)
 
-    def handle(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, cmd: str, args: dict[str, Any], peer=None) -> dict[str, Any]:
         if cmd == "ping":
             return {"pid": os.getpid(), "phase": self.phase()}
         if cmd == "status":
@@ -367,12 +386,61 @@ class Service:
                 return {"started": False, "already_running": True}
             jobs.run_now(self.scheduler, jobs.DREAM_CYCLE)
             return {"started": True, "already_running": False}
+        if cmd == "rollback":
+            return self.rollback(args, peer)
         if cmd == "reload":
             result = self.reload()
             if not result["reloaded"]:
                 raise ControlError("invalid", result["error"])
             return result
         raise ControlError("invalid", f"unknown command {cmd}")
+
+    def rollback(self, args: dict[str, Any], peer=None) -> dict[str, Any]:
+        """Point `current` at last_good, at `checkpoint`, or (`to_base`) at the base model.
+
+        Pointers otherwise move only in a child's promote (or re-evaluation) step, so a child that
+        runs is abandoned first, the way a stop abandons it (SIGTERM, then SIGKILL): once it is
+        gone nothing else writes the pointers, and no new child starts until the rollback is done.
+        """
+        from dreamd.daemon.rollback import roll_back, user_name
+        from dreamd.trainers.checkpoints import CheckpointError
+        from dreamd.trainers.lineage import BASE, read_pointer, verify_loadable
+
+        if args.get("to_base") and args.get("checkpoint"):
+            raise ControlError("invalid", "give a checkpoint or to_base, not both")
+        target = BASE if args.get("to_base") else args.get("checkpoint")
+        by = f"dreamctl {user_name(peer.uid)} via dreamd" if peer else "dreamd"
+        wanted = target or read_pointer(self.layout, "last_good")
+        try:  # refuse a bad target before abandoning anything for it
+            if wanted != BASE:
+                verify_loadable(self.layout, wanted)
+        except (CheckpointError, ValueError) as exc:
+            raise ControlError("invalid", str(exc)) from None
+        with self._rollback_lock:
+            with self._state_lock:
+                self._rolling_back = True
+                running = dict(self._aborts)
+            try:
+                for job_id, abort in running.items():
+                    log.warning("abandoning a running job for a rollback", job=job_id, child_pid=self._child_pid)
+                    abort.set()
+                deadline = time.monotonic() + TERM_GRACE + 10
+                while any(job_id in self._aborts for job_id in running):
+                    if time.monotonic() > deadline:
+                        raise ControlError("busy", f"{', '.join(running)} did not stop; rollback not done")
+                    time.sleep(0.05)
+                try:
+                    result = roll_back(self.layout, target, by)
+                except (CheckpointError, ValueError) as exc:
+                    raise ControlError("invalid", str(exc)) from None
+            finally:
+                with self._state_lock:
+                    self._rolling_back = False
+        stopped = {job_id: self._outcomes.get(job_id) for job_id in running}
+        log.info("rollback", by=by, current=result.get("current"), previous=result.get("previous"),
+                 changed=result.get("changed"), jobs_stopped=stopped)
+        self._save_state()
+        return {**result, "jobs_stopped": stopped}
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file; on any error keep the settings in force."""

@@ -44,13 +44,17 @@ class Stages:
     reevaluate: str | None = REEVALUATE_TARGET
 
 
-def run_cycle(config: dict[str, Any], state_root: str, steps=CYCLE_STEPS) -> dict[str, Any]:
-    """One dream cycle, in the child process. Returns its outcome and each step's result."""
+def run_cycle(config: dict[str, Any], state_root: str, steps=CYCLE_STEPS, seed: int | None = None) -> dict[str, Any]:
+    """One dream cycle, in the child process. Returns its outcome and each step's result.
+    `seed` fixes the cycle's seed (collisions, generation, replay) so a run repeats; the daemon
+    leaves it to the clock."""
     missing = [name for name, target in steps if target is None]
     if missing:
         return {"outcome": "skipped", "reason": "stages not wired yet: " + ", ".join(missing),
                 "not_wired": missing}
     context: dict[str, Any] = {"config": config, "state_root": state_root}
+    if seed is not None:
+        context["seed"] = seed
     for name, target in steps:
         result = resolve(target)(context) or {}
         context[name] = result

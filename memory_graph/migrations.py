@@ -174,6 +174,36 @@ def m004_evaluations(db: Database) -> None:
     """)
 
 
+@migration
+def m005_history(db: Database) -> None:
+    # What `dreamctl report` draws that no other table keeps: every training round with its
+    # per-step losses, and every move of a pointer with why and by whom (daemon/history.py).
+    _run(db, """
+    CREATE TABLE training_rounds (
+        id INTEGER PRIMARY KEY,
+        checkpoint TEXT NOT NULL UNIQUE,        -- the candidate the round wrote
+        parent TEXT NOT NULL,                   -- the checkpoint it trained from, or 'base'
+        mode TEXT NOT NULL,                     -- lora or full
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        examples INTEGER NOT NULL,
+        dream_examples INTEGER NOT NULL,        -- of the examples, how many were dreams (the rest replay)
+        steps INTEGER NOT NULL,
+        losses TEXT NOT NULL                    -- JSON list, one per step in order (null: not finite)
+    );
+    CREATE TABLE pointer_moves (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        pointer TEXT NOT NULL CHECK (pointer IN ('current', 'last_good')),
+        from_checkpoint TEXT NOT NULL,          -- a checkpoint id, or 'base'
+        to_checkpoint TEXT NOT NULL,
+        why TEXT NOT NULL,                      -- promoted, rolled_back (the gate's re-check), manual_rollback, ...
+        by TEXT NOT NULL                        -- gate, recheck, or 'dreamctl <user>'
+    );
+    CREATE INDEX pointer_moves_at ON pointer_moves(at)
+    """)
+
+
 def migrate(db: Database) -> list[str]:
     """Apply the migrations this database lacks; return the names applied."""
     from dreamd.memory_graph.store import write

@@ -28,6 +28,8 @@ import math
 import torch
 
 GAMMA = 1.01  # norm-growth limiter: an update's norm may grow at most 1% per step
+# Kept by name in the parameter groups (they are saved as JSON with a checkpoint); None: the gradient's.
+PROJECTION_DTYPES = ("float32", "bfloat16")
 
 
 class Apollo(torch.optim.Optimizer):
@@ -43,11 +45,15 @@ class Apollo(torch.optim.Optimizer):
         scale: float | None = None,
         seed: int = 0,
         limiter: float = GAMMA,
+        projection_dtype: str | None = None,
     ):
         if rank < 1 or update_proj_gap < 1 or lr <= 0:
             raise ValueError("APOLLO needs rank >= 1, update_proj_gap >= 1 and lr > 0")
+        if projection_dtype not in (None, *PROJECTION_DTYPES):
+            raise ValueError(f"projection_dtype must be one of {PROJECTION_DTYPES} or None, not {projection_dtype!r}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, rank=rank,
-                        update_proj_gap=update_proj_gap, scale=scale, seed=seed, limiter=limiter)
+                        update_proj_gap=update_proj_gap, scale=scale, seed=seed, limiter=limiter,
+                        projection_dtype=projection_dtype)
         super().__init__(params, defaults)
         # A stable number per parameter seeds its projection, so a resumed run redraws the same one.
         self._number = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
@@ -95,8 +101,7 @@ class Apollo(torch.optim.Optimizer):
         step = int(state["step"].item())
         if step % group["update_proj_gap"] == 0 or "projection" not in state:
             state["projection"] = self._draw_projection(p, group, rank, dim, step // group["update_proj_gap"])
-        projection = state["projection"]
-        low = projection @ grad if left else grad @ projection.T
+        low = self._project(state, grad, left, group)
         state["step"] += 1
         normalized = _adam_normalized(state, low, group)
 
@@ -106,27 +111,84 @@ class Apollo(torch.optim.Optimizer):
             factor = factor * alpha
         else:  # one factor per channel (column when the rows were projected, else row)
             channel_dim = 0 if left else 1
-            factor = normalized.norm(dim=channel_dim, keepdim=True) / (low.norm(dim=channel_dim, keepdim=True) + 1e-8)
+            factor = _channel_norms(normalized, channel_dim) / (_channel_norms(low, channel_dim) + 1e-8)
             if group["scale"] is not None:
                 factor = factor * group["scale"]
-        update = grad * factor  # full rank: the raw gradient, only rescaled
-
-        norm = update.norm()
-        if "last_norm" in state:
-            ceiling = group["limiter"] * state["last_norm"]
-            if norm > ceiling:
-                update = update * (ceiling / norm)
-                norm = ceiling
+        # The update is grad * factor: the raw full-rank gradient, only rescaled. It is never
+        # materialised: its norm (for the limiter) comes from the gradient's channel norms, and
+        # the limiter's correction folds into the factor, so the weights take one fused pass.
+        if rank == 1:
+            norm = factor * grad.norm()
+        else:
+            norm = (factor * _channel_norms(grad, channel_dim)).norm()
+        if "last_norm" in state:  # at most `limiter` times the previous step's norm (no host sync)
+            shrink = (group["limiter"] * state["last_norm"] / norm).clamp(max=1.0)
+            factor, norm = factor * shrink, norm * shrink
         state["last_norm"] = norm.reshape(())
 
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"])
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.addcmul_(grad, factor, value=-group["lr"])
+
+    @staticmethod
+    def _project(state: dict, grad: torch.Tensor, left: bool, group: dict) -> torch.Tensor:
+        """The rank-r projection of the gradient, in the moments' dtype.
+
+        The matmul runs in `projection_dtype` (bf16 where the hardware multiplies it natively):
+        it is most of APOLLO's cost (2·r·m·n flops per matrix), and its result only feeds the
+        scaling factors, ratios of norms that bf16's 8-bit mantissa moves by well under 1%.
+        """
+        wanted = _dtype(group, grad)
+        projection = state["projection"]
+        if projection.dtype != wanted:  # a resumed state comes back in the parameter's dtype
+            projection = state["projection"] = projection.to(wanted)
+        source = grad.to(wanted)
+        low = projection @ source if left else source @ projection.T
+        return low.to(grad.dtype)
 
     def _draw_projection(self, p, group, rank: int, dim: int, refresh: int) -> torch.Tensor:
         generator = torch.Generator(device="cpu")
         generator.manual_seed((group["seed"] * 1_000_003 + self._number[p] * 10_007 + refresh) % (2**63))
         draw = torch.randn((rank, dim), generator=generator, dtype=torch.float32) / math.sqrt(rank)
-        return draw.to(device=p.device, dtype=p.dtype)
+        return draw.to(device=p.device, dtype=_dtype(group, p))
+
+
+def _channel_norms(grad: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Norms of the gradient's channels, shaped to broadcast against it. Reducing over rows
+    (channels are columns) through torch's norm is several times slower on CPU than squaring and
+    summing, so that case takes the longer road."""
+    if channel_dim == 1:
+        return torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+    return grad.square().sum(dim=0, keepdim=True).sqrt()
+
+
+def _dtype(group: dict, like: torch.Tensor) -> torch.dtype:
+    name = group.get("projection_dtype")
+    return getattr(torch, name) if name else like.dtype
+
+
+def _adam_normalized(state: dict, grad: torch.Tensor, group: dict) -> torch.Tensor:
+    """Adam's bias-corrected m / (sqrt(v) + eps), in as few passes as torch's own AdamW makes."""
+    beta1, beta2 = group["betas"]
+    step = state["step"].item()
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2**step)).add_(group["eps"])
+    return torch.div(state["exp_avg"], denom, out=denom).div_(1 - beta1**step)
+
+
+def _channel_norms(grad: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Norms of the gradient's channels, shaped to broadcast against it. Reducing over rows
+    (channels are columns) through torch's norm is several times slower on CPU than squaring and
+    summing, so that case takes the longer road."""
+    if channel_dim == 1:
+        return torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+    return grad.square().sum(dim=0, keepdim=True).sqrt()
+
+
+def _dtype(group: dict, like: torch.Tensor) -> torch.dtype:
+    name = group.get("projection_dtype")
+    return getattr(torch, name) if name else like.dtype
 
 
 def _adam_normalized(state: dict, grad: torch.Tensor, group: dict) -> torch.Tensor:

@@ -27,6 +27,7 @@ from transformers import DynamicCache
 from dreamd.trainers.examples import EncodedExample
 
 IGNORE = -100
+PREFILL_CHUNK = 512  # context tokens per no-grad pass; see frozen_context_cache
 
 
 @dataclass
@@ -76,15 +77,21 @@ def frozen_context_cache(model, batch: Batch) -> DynamicCache:
         return cache
     # Left padding: real tokens get positions 0..n-1 as they would alone; pads get 0 (masked anyway).
     positions = (batch.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
+    decoder = lm.get_decoder()  # the context pass needs the cache, not logits
+    length = batch.prefix_ids.shape[1]
     with torch.no_grad():
-        # The decoder alone: the context pass needs the cache, not logits.
-        lm.get_decoder()(
-            input_ids=batch.prefix_ids,
-            attention_mask=batch.prefix_mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        # In chunks: each attends to the cache so far plus itself, which gives the same keys and
+        # values as one pass while the attention scores and MLP activations held at once shrink
+        # from the whole context to one chunk (at 4K tokens, hundreds of MB).
+        for start in range(0, length, PREFILL_CHUNK):
+            end = min(start + PREFILL_CHUNK, length)
+            decoder(
+                input_ids=batch.prefix_ids[:, start:end],
+                attention_mask=batch.prefix_mask[:, :end],
+                position_ids=positions[:, start:end],
+                past_key_values=cache,
+                use_cache=True,
+            )
     return cache
 
 
@@ -132,3 +139,9 @@ def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
     labels = torch.tensor([[IGNORE] * len(example.context_ids) + example.response_ids], device=device)
     logits = lm(input_ids=ids, use_cache=False).logits
     return _per_row_ce(logits[:, :-1], labels[:, 1:])[0]
+
+
+def completion_only_batch_loss(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
+    """`loss_step`'s counterpart for plain fine-tuning: the mean of each example's completion-only
+    loss, with gradient through the whole sequence (`pad_id` unused: one example per forward)."""
+    return torch.stack([completion_only_loss(model, example) for example in examples]).mean()

@@ -20,3 +20,26 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
         bf16_ok = resolved.type == "cuda" and torch.cuda.is_bf16_supported()
         return resolved, torch.bfloat16 if bf16_ok else torch.float32
     return resolved, _DTYPES[dtype]
+
+
+def projection_dtype(setting: str, device: torch.device) -> str | None:
+    """APOLLO's projection precision: `auto` is bf16 where the hardware multiplies it natively
+    (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else the gradient's own dtype (None)."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else None
+    return "bfloat16" if _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    # Without these instructions torch emulates bf16 matmuls, slower than fp32.
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False

@@ -47,11 +47,13 @@ class StepResult:
     applied: bool
 
 
-def train_step(model, optimizer, batch: list[EncodedExample], pad_id: int, grad_clip: float) -> StepResult:
+def train_step(model, optimizer, batch: list[EncodedExample], pad_id: int, grad_clip: float,
+               loss_fn=loss_step) -> StepResult:
     """One optimizer step on one batch; a step whose loss or gradient is not finite is dropped
-    (weights and optimizer state untouched) and logged."""
+    (weights and optimizer state untouched) and logged. `loss_fn` is the context-frozen step;
+    the memory-formation experiment's baseline passes plain completion-only backprop."""
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_step(model, batch, pad_id)
+    loss = loss_fn(model, batch, pad_id)
     value = float(loss.detach())
     if not is_finite(value):
         log.warning("dropped a training step: loss is not finite", loss=value, examples=[e.id for e in batch])
@@ -82,6 +84,7 @@ class Trainer:
     model_dir: str = ""
     history: list[StepResult] = field(default_factory=list)
     example_ids: list[str] = field(default_factory=list)
+    loss_fn: Callable = loss_step
 
     @property
     def names(self) -> list[str]:
@@ -95,7 +98,7 @@ class Trainer:
             order = torch.randperm(len(encoded), generator=self.generator).tolist()
             for start in range(0, len(order), size):
                 batch = [encoded[i] for i in order[start : start + size]]
-                result = train_step(self.model, self.optimizer, batch, pad_id, self.settings.grad_clip)
+                result = train_step(self.model, self.optimizer, batch, pad_id, self.settings.grad_clip, self.loss_fn)
                 self.step += int(result.applied)
                 self.history.append(result)
                 if on_step:
@@ -173,12 +176,14 @@ def train_round(
     parent_id: str = BASE,
     on_step: Callable[[int, StepResult], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    loss_fn: Callable = loss_step,
 ) -> str:
     """Train on `examples` from `parent_id` and write a new checkpoint; returns its id."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a daemon's journal needs no progress bars
     trainer = start_trainer(loaded, settings, layout, parent_id)
+    trainer.loss_fn = loss_fn
     encoded = encode_examples(loaded.tokenizer, examples, settings.max_context_tokens)
     trainer.run(encoded, on_step=on_step)
     checkpoint_id = trainer.save(layout, on_phase=on_phase)

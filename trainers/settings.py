@@ -73,6 +73,11 @@ class TrainingSettings:
         "least memory); above 1, one factor per channel.",
     )
     apollo_update_proj_gap: int = setting(200, "Steps between refreshes of APOLLO's random projection.")
+    apollo_projection_dtype: str = setting(
+        "auto",
+        "Precision of APOLLO's gradient projection (its main cost): auto is bfloat16 where the hardware "
+        "multiplies bf16 natively (CUDA, CPUs with AVX512-BF16/AMX), else the gradient's; float32 or bfloat16.",
+    )
     weight_decay: float = setting(0.0, "Decoupled weight decay (as in AdamW).")
     grad_clip: float = setting(1.0, "Clip the global gradient norm to this; 0 turns clipping off.")
     batch_size: int = setting(4, "Training examples per optimizer step.")
@@ -94,6 +99,8 @@ class TrainingSettings:
         require(self.optimizer in OPTIMIZERS, "optimizer", "apollo or adamw", self.optimizer)
         require(self.apollo_rank >= 1, "apollo_rank", "at least 1", self.apollo_rank)
         require(self.apollo_update_proj_gap >= 1, "apollo_update_proj_gap", "at least 1", self.apollo_update_proj_gap)
+        require(self.apollo_projection_dtype in ("auto", "float32", "bfloat16"), "apollo_projection_dtype",
+                "auto, float32 or bfloat16", self.apollo_projection_dtype)
         require(0 <= self.weight_decay < 1, "weight_decay", "between 0 and 1", self.weight_decay)
         require(self.grad_clip >= 0, "grad_clip", "0 (off) or positive", self.grad_clip)
         require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)

@@ -13,6 +13,7 @@ import math
 import torch
 
 from dreamd.trainers.apollo import Apollo
+from dreamd.trainers.device import projection_dtype
 from dreamd.trainers.settings import TrainingSettings
 
 ADAPTER_NAME = "default"
@@ -64,6 +65,8 @@ def make_optimizer(model, settings: TrainingSettings, lr: float | None = None) -
         rank=settings.apollo_rank,
         update_proj_gap=settings.apollo_update_proj_gap,
         seed=settings.seed,
+        projection_dtype=projection_dtype(settings.apollo_projection_dtype,
+                                          params[0].device if params else torch.device("cpu")),
     )
 
 

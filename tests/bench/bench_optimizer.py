@@ -62,14 +62,14 @@ def fresh(models_dir: Path):
 
 
 def optimizer_for(kind: str, model, lr: float):
-    import torch
+    """What the trainer builds (trainers/update_modes.make_optimizer), so the product is measured:
+    APOLLO with its default projection precision (`training.apollo_projection_dtype = "auto"`)."""
+    from dreamd.trainers.settings import TrainingSettings
+    from dreamd.trainers.update_modes import make_optimizer
 
-    from dreamd.trainers.apollo import Apollo
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    return Apollo(params, lr=lr, rank=1 if kind == "mini" else 256, update_proj_gap=200, seed=0)
+    settings = TrainingSettings(mode="full", optimizer="adamw" if kind == "adamw" else "apollo",
+                                apollo_rank=1 if kind == "mini" else 256, apollo_update_proj_gap=200, seed=0)
+    return make_optimizer(model, settings, lr=lr)
 
 
 def state_and_step_time(models_dir: Path, steps: int) -> dict:

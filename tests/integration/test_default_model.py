@@ -54,11 +54,17 @@ def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
     result = CliRunner().invoke(dreamctl, ["--config", str(config), "demo", "--dreams", "4", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    # The demo goes through the real inbox: six sample files, one per format, ingested once.
+    # The demo runs the real dreamd (a subprocess on the state dir) and stops it at the end.
+    daemon = summary["daemon"]
+    assert daemon["started_by_demo"] is True and daemon["exit_code"] == 0
+    assert "dreamd: stopped (exit code 0)" in result.stderr and not (tmp_path / "state" / "ctl.sock").exists()
+    # The samples go through the daemon's inbox: six files, one per format, ingested once.
     assert (summary["files"], summary["ingested"], summary["duplicates"]) == (6, 6, 0)
     assert summary["messages"] == 43 and summary["memories"] == 20
     assert summary["collisions"] and all(2 <= len(c["node_ids"]) <= 4 for c in summary["collisions"])
     assert summary["answer_without_memory"] and summary["answer_with_memory"]
+    assert summary["cycle"]["status"] == "ok" and summary["status"]["source"] == "daemon"
+    assert "dreamctl status:" in result.stderr and "last gate decision" in result.stderr
     check_cycle(summary["cycle"], StateLayout(tmp_path / "state"))
 
 

@@ -5,99 +5,15 @@ process, so stopping and killing in the middle of one is the real thing.
 """
 
 import json
-import os
-import queue
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-CONFIG = """
-[daemon]
-inbox_poll_seconds = 0.2
-stop_timeout_seconds = {stop_timeout}
-dream_interval_minutes = 60
-"""
-
-
-class Daemon:
-    def __init__(self, tmp_path: Path, cycle_seconds: float = 0.2, stop_timeout: float = 3.0):
-        self.tmp = tmp_path
-        self.state = tmp_path / "state"
-        self.config = tmp_path / "dreamd.toml"
-        self.config.write_text(CONFIG.format(stop_timeout=stop_timeout))
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(tmp_path / "notify.sock"))
-        self.received: queue.Queue[str] = queue.Queue()  # drained at once, as systemd would
-        threading.Thread(target=self._listen, daemon=True).start()
-        self.messages: list[str] = []
-        self.env = {**os.environ, "DREAMD_STATE_DIR": str(self.state), "DREAMD_CONFIG": str(self.config),
-                    "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000",
-                    "PYTHONPATH": str(REPO), "DREAMD_FAKE_CYCLE_SECONDS": str(cycle_seconds)}
-        self.env.pop("WATCHDOG_PID", None)
-        self.proc = None
-
-    def start(self) -> "Daemon":
-        self.log = open(self.tmp / "dreamd.stderr", "a")
-        self.proc = subprocess.Popen([str(BIN / "dreamd"), "--stages", "tests.service_fakes:build"],
-                                     env=self.env, cwd=self.tmp, stderr=self.log)
-        return self
-
-    def _listen(self) -> None:
-        while True:
-            try:
-                self.received.put(self.notify.recv(4096).decode())
-            except OSError:
-                return
-
-    def wait_for(self, line: str, timeout: float = 20.0) -> str:
-        """Take notify datagrams until one holds `line`; returns that datagram."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                message = self.received.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            self.messages.append(message)
-            if line in message.split("\n"):
-                return message
-        raise AssertionError(f"no {line} from dreamd in {timeout} s; got {self.messages[-5:]}\n{self.stderr()}")
-
-    def ctl(self, *args, check=True):
-        done = subprocess.run([str(BIN / "dreamctl"), *args], env=self.env, cwd=self.tmp,
-                              capture_output=True, text=True, timeout=30)
-        if check:
-            assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done
-
-    def status(self) -> dict:
-        return json.loads(self.ctl("status", "--json").stdout)
-
-    def until(self, predicate, timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.status()
-            if predicate(status):
-                return status
-            time.sleep(0.2)
-        raise AssertionError(f"condition not met; last status {status}\n{self.stderr()}")
-
-    def stderr(self) -> str:
-        return (self.tmp / "dreamd.stderr").read_text()[-3000:]
-
-    def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.notify.close()
-        self.log.close()
+from tests.daemon_harness import BIN, Daemon, jsonl_lines
+from tests.daemon_harness import drop as drop_text
 
 
 @pytest.fixture
@@ -114,10 +30,7 @@ def daemons(tmp_path):
 
 
 def drop(state: Path, name: str, lines: int) -> None:
-    """The safe way to add a log: write under inbox/tmp, rename into inbox/new."""
-    tmp = state / "inbox" / "tmp" / name
-    tmp.write_text("".join(json.dumps({"role": "user", "content": f"m{i}"}) + "\n" for i in range(lines)))
-    tmp.rename(state / "inbox" / "new" / name)
+    drop_text(state, name, jsonl_lines(lines))
 
 
 def test_lifecycle_under_a_fake_systemd(daemons):

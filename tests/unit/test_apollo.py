@@ -124,7 +124,31 @@ def test_parameters_that_are_not_matrices_get_plain_adamw():
     assert torch.allclose(a, b, atol=1e-7)
 
 
-def test_state_round_trips_through_safetensors_and_json(tmp_path):
+def test_a_bf16_projection_gives_the_fp32_factors_within_a_percent():
+    """The projection matmul may run in bf16 (its main cost); the factors, ratios of norms, barely move."""
+    grad = torch.randn(96, 160)
+    for rank in (1, 16):
+        _, _, exact = one_step(torch.zeros(96, 160), grad, rank=rank)
+        opt, p, fast = one_step(torch.zeros(96, 160), grad, rank=rank, projection_dtype="bfloat16")
+        assert opt.state[p]["projection"].dtype == torch.bfloat16
+        assert opt.state[p]["exp_avg"].dtype == torch.float32  # the moments stay in the gradient's dtype
+        assert torch.allclose(fast / grad, exact / grad, rtol=1e-2)
+
+
+def test_projection_dtype_auto_follows_the_hardware(monkeypatch):
+    from dreamd.trainers import device
+
+    assert device.projection_dtype("float32", torch.device("cpu")) == "float32"
+    monkeypatch.setattr(device, "_cpu_has_native_bf16", lambda: True)
+    assert device.projection_dtype("auto", torch.device("cpu")) == "bfloat16"
+    monkeypatch.setattr(device, "_cpu_has_native_bf16", lambda: False)
+    assert device.projection_dtype("auto", torch.device("cpu")) is None  # the gradient's own dtype
+    with pytest.raises(ValueError):
+        Apollo([torch.nn.Parameter(torch.zeros(2, 2))], projection_dtype="float16")
+
+
+@pytest.mark.parametrize("projection_dtype", [None, "bfloat16"])
+def test_state_round_trips_through_safetensors_and_json(tmp_path, projection_dtype):
     from dreamd.trainers.checkpoint_io import load_optimizer, save_optimizer
 
     def make():
@@ -133,7 +157,7 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path):
 
     grads = [[torch.randn(8, 12), torch.randn(12)] for _ in range(6)]
     params = make()
-    opt = Apollo(params, lr=1e-2, rank=2, update_proj_gap=2)
+    opt = Apollo(params, lr=1e-2, rank=2, update_proj_gap=2, projection_dtype=projection_dtype)
     for step, pair in enumerate(grads):
         for p, g in zip(params, pair):
             p.grad = g.clone()
@@ -142,7 +166,7 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path):
             save_optimizer(opt, ["w", "b"], tmp_path)
             saved = [p.detach().clone() for p in params]
     resumed = [torch.nn.Parameter(t.clone()) for t in saved]
-    opt2 = Apollo(resumed, lr=1e-2, rank=2, update_proj_gap=2)
+    opt2 = Apollo(resumed, lr=1e-2, rank=2, update_proj_gap=2, projection_dtype=projection_dtype)
     assert load_optimizer(opt2, ["w", "b"], tmp_path)
     for pair in grads[3:]:
         for p, g in zip(resumed, pair):

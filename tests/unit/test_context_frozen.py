@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dreamd.trainers import context_frozen
-from dreamd.trainers.context_frozen import completion_only_loss, frozen_losses, loss_step
+from dreamd.trainers.context_frozen import completion_only_batch_loss, completion_only_loss, frozen_losses, loss_step
 from dreamd.trainers.examples import EncodedExample, encode_examples
 from tests.tiny import tiny_llama, tiny_tokenizer
 from tests.train_helpers import chats
@@ -122,3 +122,31 @@ def test_a_one_token_context_still_predicts_the_first_response_token(setup):
     example = EncodedExample("short", context_ids=[5], response_ids=[6, 7, 8])
     assert torch.allclose(frozen_losses(model, [example], tokenizer.pad_token_id)[0],
                           completion_only_loss(model, example), atol=1e-5)
+
+
+def test_a_chunked_context_pass_scores_as_one_pass(setup, monkeypatch):
+    """The context goes through in chunks (bounded memory at long contexts): the cache, and so the
+    losses, must be those of one pass, padded rows whose first chunks are all padding included."""
+    model, tokenizer, examples = setup
+    pad = tokenizer.pad_token_id
+    longest = max(len(e.context_ids) for e in examples)
+    monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", longest + 1)
+    whole = frozen_losses(model, examples, pad)
+    for chunk in (1, 7, 32):
+        monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", chunk)
+        chunked = frozen_losses(model, examples, pad)
+        assert torch.allclose(chunked, whole, atol=1e-5), (chunk, chunked, whole)
+    assert min(len(e.context_ids) for e in examples) < longest - 7  # some rows start with pad-only chunks
+
+
+def test_the_plain_baselines_batch_loss_has_the_same_value_and_a_gradient_into_the_context(setup):
+    model, tokenizer, examples = setup
+    plain = completion_only_batch_loss(model, examples[:3], tokenizer.pad_token_id)
+    assert torch.isclose(plain, loss_step(model, examples[:3], tokenizer.pad_token_id), atol=1e-4)
+    leaves, handle = _leaf_embeddings(model)
+    try:
+        completion_only_batch_loss(model, examples[:1], tokenizer.pad_token_id).backward()
+    finally:
+        handle.remove()
+    context_len = len(examples[0].context_ids)
+    assert leaves[0].grad[:, : context_len - 1].abs().sum() > 0  # unlike the frozen step

@@ -13,6 +13,7 @@ from dreamd.daemon.control import (
     MAX_REQUEST_BYTES, ControlError, ControlServer, DaemonUnavailable, PeerCred, exchange, parse_request,
     peer_allowed, request,
 )
+from dreamd.trainers.checkpoints import new_checkpoint_id
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,14 @@ from dreamd.daemon.control import (
         (b'{"v": 1, "cmd": "pause", "args": {"file": "/etc/shadow"}}', "args:"),
         (b'{"v": 1, "cmd": "pause", "args": {"reason": 5}}', "args/reason"),
         ('{"v": 1, "cmd": "pause", "args": {"reason": "%s"}}' % ("x" * 201), "args/reason"),
+        # rollback names a checkpoint id, never a path
+        (b'{"v": 1, "cmd": "rollback", "args": {"checkpoint": "../../etc"}}', "args/checkpoint"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"checkpoint": "/var/lib/x"}}', "args/checkpoint"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"checkpoint": "20250101T1200Z-1a2b3c.tmp"}}', "args/checkpoint"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"checkpoint": ""}}', "args/checkpoint"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"checkpoint": 7}}', "args/checkpoint"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"to_base": "yes"}}', "args/to_base"),
+        (b'{"v": 1, "cmd": "rollback", "args": {"path": "/tmp/x"}}', "args:"),
     ],
 )
 def test_schema_rejects(raw, where):
@@ -39,6 +48,12 @@ def test_schema_rejects(raw, where):
 def test_schema_accepts_and_fills_args():
     assert parse_request(b'{"v": 1, "cmd": "status"}') == {"v": 1, "cmd": "status", "args": {}}
     assert parse_request(b'{"v": 1, "cmd": "pause", "args": {"reason": "disk"}}')["args"] == {"reason": "disk"}
+    real_id = new_checkpoint_id()
+    rollback = json.dumps({"v": 1, "cmd": "rollback", "args": {"checkpoint": real_id}}).encode()
+    assert parse_request(rollback)["args"] == {"checkpoint": real_id}
+    assert parse_request(b'{"v": 1, "cmd": "rollback", "args": {"to_base": true}}')["args"] == {"to_base": True}
+    assert parse_request(b'{"v": 1, "cmd": "rollback"}')["args"] == {}  # to last_good
+    assert "rollback" in control.MUTATING
 
 
 def test_size_bound_in_the_parser():
@@ -72,7 +87,7 @@ def server(tmp_path):
     calls = []
     verdict = {"allowed": True}
 
-    def handler(cmd, args):
+    def handler(cmd, args, peer):
         calls.append((cmd, args))
         if cmd == "dream_now":
             raise ControlError("paused", "dream cycles are paused")
@@ -102,10 +117,11 @@ def test_round_trip_and_refusals(server):
 def test_mutating_commands_need_an_allowed_peer(server):
     server.verdict["allowed"] = False
     assert request(server.path, "status") == {"cmd": "status"}  # read-only: anyone who can connect
-    with pytest.raises(ControlError) as caught:
-        request(server.path, "pause")
-    assert caught.value.code == "denied"
-    assert ("pause", {}) not in server.calls
+    for cmd, args in (("pause", None), ("rollback", {"to_base": True})):
+        with pytest.raises(ControlError) as caught:
+            request(server.path, cmd, args)
+        assert caught.value.code == "denied"
+    assert server.calls == [("status", {})]
 
 
 def test_bad_requests_never_reach_the_handler(server):
@@ -134,7 +150,7 @@ def test_stale_socket_is_replaced_and_other_files_are_not(tmp_path):
     stale.close()  # a dead daemon's socket: the file stays, nobody listens
     with pytest.raises(DaemonUnavailable):
         request(path, "ping")
-    srv = ControlServer(path, lambda cmd, args: {"ok": 1}, lambda cred: True).start()
+    srv = ControlServer(path, lambda cmd, args, peer: {"ok": 1}, lambda cred: True).start()
     try:
         assert request(path, "ping") == {"ok": 1}
     finally:
@@ -142,7 +158,7 @@ def test_stale_socket_is_replaced_and_other_files_are_not(tmp_path):
     assert not path.exists()
     path.write_text("not a socket")
     with pytest.raises(OSError, match="not a socket"):
-        ControlServer(path, lambda cmd, args: {}, lambda cred: True).start()
+        ControlServer(path, lambda cmd, args, peer: {}, lambda cred: True).start()
     assert path.read_text() == "not a socket"
 
 
@@ -152,7 +168,7 @@ def test_no_daemon_is_daemon_unavailable(tmp_path):
 
 
 def test_handler_bug_is_an_error_reply_not_a_dead_server(tmp_path):
-    def handler(cmd, args):
+    def handler(cmd, args, peer):
         raise RuntimeError("boom")
 
     srv = ControlServer(tmp_path / "ctl.sock", handler, lambda cred: True).start()

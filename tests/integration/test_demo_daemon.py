@@ -1,0 +1,73 @@
+"""`dreamctl demo` runs the real dreamd and never leaves one behind, nor stops one it did not start.
+
+On the tiny model (the whole demo on the real default model is tests/integration/test_default_model.py).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from dreamd.daemon.state_dir import StateLayout
+from dreamd.daemon.status import collect_status
+from tests.daemon_harness import BIN, Daemon, alive, real_stages_config, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def test_an_interrupted_demo_stops_the_daemon_it_started(tmp_path, tiny_model_dir):
+    config = tmp_path / "dreamd.toml"
+    config.write_text(real_stages_config(tiny_model_dir, dreams=4))
+    state = tmp_path / "state"
+    demo = subprocess.Popen([str(BIN / "dreamctl"), "--config", str(config), "--state-dir", str(state), "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = []
+    try:
+        for line in demo.stdout:
+            output.append(line)
+            started = re.search(r"dreamd: started on .* \(pid (\d+)\)", line)
+            if started:
+                break
+        assert started, "".join(output)
+        pid = int(started.group(1))
+        assert alive(pid)
+        demo.send_signal(signal.SIGINT)  # to the demo alone: it must stop its daemon itself
+        output += demo.stdout.readlines()
+        assert demo.wait(timeout=60) != 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    text = "".join(output)
+    assert "dreamd: stopping it (SIGTERM)" in text and "dreamd: stopped (exit code 0)" in text, text
+    assert not alive(pid)
+    assert collect_status(StateLayout(state))["daemon"] == "stopped" and not (state / "ctl.sock").exists()
+
+
+def test_the_demo_uses_a_running_daemon_and_leaves_it_running(tmp_path, tiny_model_dir):
+    d = Daemon(tmp_path, config=real_stages_config(tiny_model_dir, dreams=2), stages=None)
+    try:
+        d.start()
+        d.wait_for("READY=1", timeout=60)
+        summary = d.ctl_json("demo")
+        assert summary["daemon"] == {"pid": d.proc.pid, "started_by_demo": False}
+        assert (summary["files"], summary["ingested"], summary["duplicates"], summary["messages"]) == (6, 6, 0, 43)
+        assert summary["memories"] == 20 and summary["collisions"]
+        cycle = summary["cycle"]  # the daemon's own settings: 2 dreams, not the demo's 8
+        assert cycle["status"] == "ok" and cycle["steps"]["dreams"]["dreams"] == 2
+        assert summary["status"]["last_cycle"]["status"] == "ok"
+        assert d.proc.poll() is None and d.status()["source"] == "daemon"
+
+        again = d.ctl_json("demo", "--dreams", "0")  # a second run: every log is known already
+        assert (again["ingested"], again["duplicates"], again["cycle"]) == (0, 6, None)
+        assert d.proc.poll() is None
+        assert d.stop() == 0
+    finally:
+        d.close()
+    assert json.loads((d.state / "service.json").read_text())["phase"] == "stopped"
