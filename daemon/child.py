@@ -72,10 +72,14 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str,
 
     configure_logging("json", log_level)
     if log_path:  # the daemon's log file too, so `dreamctl logs` shows the cycle's own events
-        root = logging.getLogger()
-        handler = logging.FileHandler(log_path, encoding="utf-8")  # appends; the daemon rotates
-        handler.setFormatter(root.handlers[0].formatter)
-        root.addHandler(handler)
+        try:
+            handler = logging.FileHandler(log_path, encoding="utf-8")  # appends; the daemon rotates
+        except OSError as exc:  # no log folder (a daemon without one): stderr still has it all
+            get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
+        else:
+            root = logging.getLogger()
+            handler.setFormatter(root.handlers[0].formatter)
+            root.addHandler(handler)
     try:
         result = resolve(target)(*args)
         conn.send(("ok", result if isinstance(result, dict) else {"value": result}))

@@ -48,12 +48,12 @@ class StepResult:
 
 
 def train_step(model, optimizer, batch: list[EncodedExample], pad_id: int, grad_clip: float,
-               loss_fn=loss_step) -> StepResult:
+               loss_fn: Callable | None = None) -> StepResult:
     """One optimizer step on one batch; a step whose loss or gradient is not finite is dropped
-    (weights and optimizer state untouched) and logged. `loss_fn` is the context-frozen step;
+    (weights and optimizer state untouched) and logged. `loss_fn` defaults to the context-frozen step;
     the memory-formation experiment's baseline passes plain completion-only backprop."""
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(model, batch, pad_id)
+    loss = (loss_fn or loss_step)(model, batch, pad_id)
     value = float(loss.detach())
     if not is_finite(value):
         log.warning("dropped a training step: loss is not finite", loss=value, examples=[e.id for e in batch])
@@ -84,7 +84,7 @@ class Trainer:
     model_dir: str = ""
     history: list[StepResult] = field(default_factory=list)
     example_ids: list[str] = field(default_factory=list)
-    loss_fn: Callable = loss_step
+    loss_fn: Callable | None = None  # None: the context-frozen step
 
     @property
     def names(self) -> list[str]:
@@ -176,7 +176,7 @@ def train_round(
     parent_id: str = BASE,
     on_step: Callable[[int, StepResult], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
-    loss_fn: Callable = loss_step,
+    loss_fn: Callable | None = None,
 ) -> str:
     """Train on `examples` from `parent_id` and write a new checkpoint; returns its id."""
     from transformers.utils import logging as transformers_logging
