@@ -18,6 +18,8 @@ silently prepend the previous example's context.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +29,13 @@ from transformers import DynamicCache
 from dreamd.trainers.examples import EncodedExample
 
 IGNORE = -100
-PREFILL_CHUNK = 512  # context tokens per no-grad pass; see frozen_context_cache
+PREFILL_CHUNK = 4096  # context tokens per no-grad pass; see frozen_context_cache
+# transformers' sdpa attention expands the grouped key/value heads (repeat_kv) whenever a mask is
+# given, and autograd keeps the expanded copies of every layer for the backward pass: at 4K tokens
+# of context that is a fifth of the step's peak memory. This flag makes it pass the grouped heads
+# to torch's sdpa (enable_gqa) instead; same numbers. Only on CPU: on CUDA a mask with GQA would
+# push sdpa off its fused kernels.
+GQA_FLAG = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 @dataclass
@@ -80,9 +88,9 @@ def frozen_context_cache(model, batch: Batch) -> DynamicCache:
     decoder = lm.get_decoder()  # the context pass needs the cache, not logits
     length = batch.prefix_ids.shape[1]
     with torch.no_grad():
-        # In chunks: each attends to the cache so far plus itself, which gives the same keys and
-        # values as one pass while the attention scores and MLP activations held at once shrink
-        # from the whole context to one chunk (at 4K tokens, hundreds of MB).
+        # Very long contexts go in chunks: each attends to the cache so far plus itself, which
+        # gives the same keys and values as one pass while bounding the attention scores and MLP
+        # activations held at once. Up to 4K tokens one pass is faster.
         for start in range(0, length, PREFILL_CHUNK):
             end = min(start + PREFILL_CHUNK, length)
             decoder(
@@ -122,7 +130,22 @@ def frozen_losses(model, examples: list[EncodedExample], pad_id: int) -> torch.T
     """Context-frozen per-example losses (B,) for a batch of examples of any lengths."""
     device = next(causal_lm(model).parameters()).device
     batch = make_batch(examples, pad_id, device)
-    return response_losses(model, batch, frozen_context_cache(model, batch))
+    with grouped_kv_attention(device):
+        return response_losses(model, batch, frozen_context_cache(model, batch))
+
+
+@contextlib.contextmanager
+def grouped_kv_attention(device: torch.device):
+    """Within: sdpa attends on the grouped key/value heads, not expanded copies (see GQA_FLAG).
+    The forward builds the autograd graph, so this need not cover the backward pass."""
+    if device.type != "cpu" or GQA_FLAG in os.environ:  # a user's own setting wins
+        yield
+        return
+    os.environ[GQA_FLAG] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(GQA_FLAG, None)
 
 
 def loss_step(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The context-frozen step on a tiny Llama: same loss as completion-only, gradient only through the
 response, a fresh cache per example, and batches that score like single examples."""
 
+import os
+
 import pytest
 import torch
 
@@ -150,3 +152,17 @@ def test_the_plain_baselines_batch_loss_has_the_same_value_and_a_gradient_into_t
         handle.remove()
     context_len = len(examples[0].context_ids)
     assert leaves[0].grad[:, : context_len - 1].abs().sum() > 0  # unlike the frozen step
+
+
+def test_grouped_kv_attention_is_scoped_to_the_step_and_leaves_a_users_setting(monkeypatch, setup):
+    model, tokenizer, examples = setup
+    monkeypatch.delenv(context_frozen.GQA_FLAG, raising=False)
+    seen = []
+    original = context_frozen.response_losses
+    monkeypatch.setattr(context_frozen, "response_losses",
+                        lambda *a: seen.append(os.environ.get(context_frozen.GQA_FLAG)) or original(*a))
+    frozen_losses(model, examples[:2], tokenizer.pad_token_id)
+    assert seen == ["1"] and context_frozen.GQA_FLAG not in os.environ
+    monkeypatch.setenv(context_frozen.GQA_FLAG, "0")
+    frozen_losses(model, examples[:2], tokenizer.pad_token_id)
+    assert seen[-1] == "0" and os.environ[context_frozen.GQA_FLAG] == "0"
