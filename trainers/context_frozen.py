@@ -87,6 +87,7 @@ def frozen_context_cache(model, batch: Batch) -> DynamicCache:
     positions = (batch.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
     decoder = lm.get_decoder()  # the context pass needs the cache, not logits
     length = batch.prefix_ids.shape[1]
+    unpadded = bool(batch.prefix_mask.all())
     with torch.no_grad():
         # Very long contexts go in chunks: each attends to the cache so far plus itself, which
         # gives the same keys and values as one pass while bounding the attention scores and MLP
@@ -95,7 +96,9 @@ def frozen_context_cache(model, batch: Batch) -> DynamicCache:
             end = min(start + PREFILL_CHUNK, length)
             decoder(
                 input_ids=batch.prefix_ids[:, start:end],
-                attention_mask=batch.prefix_mask[:, :end],
+                # No padding and an empty cache: no mask at all, so sdpa runs its fused causal
+                # kernel instead of scoring every pair against an explicit mask.
+                attention_mask=None if unpadded and start == 0 else batch.prefix_mask[:, :end],
                 position_ids=positions[:, start:end],
                 past_key_values=cache,
                 use_cache=True,
