@@ -42,6 +42,9 @@ PROGRESS_EVERY = 15.0  # seconds between "still ..." lines
 STEP_EVENTS = {"dreams scored and stored": "dreams played out and judged by the signal agent",
                "checkpoint written": "training round done: candidate checkpoint written",
                "gate decision": "quality gate decided"}
+# What the cycle is busy with after each of those events, for the "still ..." lines.
+NEXT_ACTIVITY = {"dreams scored and stored": "training", "checkpoint written": "evaluating the candidate",
+                 "gate decision": "promoting or rejecting"}
 
 Say = Callable[[str], None]
 
@@ -304,7 +307,7 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
     say(f"dream cycle: {'already running; following it' if answer.get('already_running') else 'started'} "
         f"(dreamctl dream --now): {dreams if daemon.proc else 'its configured number of'} dreams -> signal agent "
         "-> training round -> quality gate (a few minutes on two CPU cores)")
-    started, said = time.monotonic(), time.monotonic()
+    started, said, activity = time.monotonic(), time.monotonic(), "dreaming"
     daemon.new_events()  # only what the cycle logs from here on
     while True:
         daemon.check_alive()
@@ -316,9 +319,9 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
         for event in daemon.new_events():
             if event in STEP_EVENTS:
                 say(f"  {STEP_EVENTS[event]} ({elapsed:.0f} s)")
-                said = time.monotonic()
+                said, activity = time.monotonic(), NEXT_ACTIVITY[event]
         if time.monotonic() - said >= PROGRESS_EVERY:
-            say(f"  still {status['phase']} ({elapsed:.0f} s)")
+            say(f"  still {activity} ({elapsed:.0f} s)")
             said = time.monotonic()
         time.sleep(POLL)
     result = cycle.get("result") or {}
