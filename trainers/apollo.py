@@ -177,30 +177,6 @@ def _adam_normalized(state: dict, grad: torch.Tensor, group: dict) -> torch.Tens
     return torch.div(state["exp_avg"], denom, out=denom).div_(1 - beta1**step)
 
 
-def _channel_norms(grad: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Norms of the gradient's channels, shaped to broadcast against it. Reducing over rows
-    (channels are columns) through torch's norm is several times slower on CPU than squaring and
-    summing, so that case takes the longer road."""
-    if channel_dim == 1:
-        return torch.linalg.vector_norm(grad, dim=1, keepdim=True)
-    return grad.square().sum(dim=0, keepdim=True).sqrt()
-
-
-def _dtype(group: dict, like: torch.Tensor) -> torch.dtype:
-    name = group.get("projection_dtype")
-    return getattr(torch, name) if name else like.dtype
-
-
-def _adam_normalized(state: dict, grad: torch.Tensor, group: dict) -> torch.Tensor:
-    beta1, beta2 = group["betas"]
-    state["exp_avg"].mul_(beta1).add_(grad, alpha=1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    step = state["step"].item()
-    corrected_avg = state["exp_avg"] / (1 - beta1**step)
-    corrected_sq = state["exp_avg_sq"] / (1 - beta2**step)
-    return corrected_avg / (corrected_sq.sqrt() + group["eps"])
-
-
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor the optimizer holds as state (what a checkpoint must save)."""
     return sum(
