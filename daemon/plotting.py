@@ -9,7 +9,7 @@ pyplot is imported, so drawing works with no display (a service has none).
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -55,6 +55,7 @@ def line_chart(path, title: str, xlabel: str, ylabel: str,
                         color=(colours or {}).get(name), drawstyle="steps-post" if steps else "default")
         _draw_events(ax, events or [])
         if _any_datetime(series, events):
+            _pad_short_time_span(ax, series, events or [])
             fig.autofmt_xdate()  # slanted date labels do not overlap
         ax.set_title(title)
         ax.set_xlabel(xlabel)
@@ -65,6 +66,16 @@ def line_chart(path, title: str, xlabel: str, ylabel: str,
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _pad_short_time_span(ax, series, events) -> None:
+    """Everything within a few minutes (one cycle, say): matplotlib would spread the axis over
+    years; show an hour around it instead."""
+    xs = [x for xs, _ys in series.values() for x in xs] + [event[0] for event in events]
+    times = [x for x in xs if isinstance(x, datetime)]
+    if times and max(times) - min(times) < timedelta(minutes=30):
+        middle = min(times) + (max(times) - min(times)) / 2
+        ax.set_xlim(middle - timedelta(minutes=30), middle + timedelta(minutes=30))
 
 
 def bar_chart(path, title: str, xlabel: str, ylabel: str, categories: Sequence[str],
