@@ -83,9 +83,9 @@ class Apollo(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
-        normalized = _adam_normalized(state, grad, group)
+        direction, scale = _adam_direction(state, grad, group)
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(normalized, alpha=-group["lr"])
+        p.add_(direction, alpha=-group["lr"] * scale)
 
     def _apollo_update(self, p: torch.Tensor, group: dict) -> None:
         grad, state = p.grad, self.state[p]
@@ -103,15 +103,15 @@ class Apollo(torch.optim.Optimizer):
             state["projection"] = self._draw_projection(p, group, rank, dim, step // group["update_proj_gap"])
         low = self._project(state, grad, left, group)
         state["step"] += 1
-        normalized = _adam_normalized(state, low, group)
+        direction, scale = _adam_direction(state, low, group)  # Adam's normalized update / scale
 
         if rank == 1:  # APOLLO-Mini: one factor for the whole tensor, scaled by sqrt(d / r)
-            factor = normalized.norm() / (low.norm() + 1e-8)
+            factor = direction.norm() * scale / (low.norm() + 1e-8)
             alpha = group["scale"] if group["scale"] is not None else math.sqrt(dim / rank)
             factor = factor * alpha
         else:  # one factor per channel (column when the rows were projected, else row)
             channel_dim = 0 if left else 1
-            factor = _channel_norms(normalized, channel_dim) / (_channel_norms(low, channel_dim) + 1e-8)
+            factor = _channel_norms(direction, channel_dim) * scale / (_channel_norms(low, channel_dim) + 1e-8)
             if group["scale"] is not None:
                 factor = factor * group["scale"]
         # The update is grad * factor: the raw full-rank gradient, only rescaled. It is never
@@ -167,14 +167,18 @@ def _dtype(group: dict, like: torch.Tensor) -> torch.dtype:
     return getattr(torch, name) if name else like.dtype
 
 
-def _adam_normalized(state: dict, grad: torch.Tensor, group: dict) -> torch.Tensor:
-    """Adam's bias-corrected m / (sqrt(v) + eps), in as few passes as torch's own AdamW makes."""
+def _adam_direction(state: dict, grad: torch.Tensor, group: dict) -> tuple[torch.Tensor, float]:
+    """Adam's bias-corrected update m^ / (sqrt(v^) + eps), returned as (direction, scale) with the
+    update = scale * direction. Since m^ = m / bc1 and v^ = v / bc2, the update equals
+    (sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2)): the corrections fold into eps and one
+    scalar, so the tensor takes six passes, not eight. This is most of APOLLO's elementwise work."""
     beta1, beta2 = group["betas"]
     step = state["step"].item()
+    bias1, bias2_sqrt = 1 - beta1**step, math.sqrt(1 - beta2**step)
     state["exp_avg"].lerp_(grad, 1 - beta1)
     state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2**step)).add_(group["eps"])
-    return torch.div(state["exp_avg"], denom, out=denom).div_(1 - beta1**step)
+    denom = state["exp_avg_sq"].sqrt().add_(group["eps"] * bias2_sqrt)
+    return torch.div(state["exp_avg"], denom, out=denom), bias2_sqrt / bias1
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

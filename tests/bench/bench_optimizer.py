@@ -5,7 +5,7 @@ them) frozen, everything in one process:
 
 - state_ratio_mini / state_ratio: bytes of optimizer state after one step, over AdamW's;
 - step_time_ratio: APOLLO (rank 256) optimizer.step() time over AdamW's, fastest of --steps on
-  the same real gradient;
+  the same real gradient, the optimizers' steps interleaved;
 - loss_ratio_mini: a fixed small task, 30 chats teaching a made-up fact, trained with the
   context-frozen step, same seed, same batches, same steps and learning rate for both; APOLLO-Mini's
   final mean response loss over AdamW's.
@@ -82,17 +82,20 @@ def state_and_step_time(models_dir: Path, steps: int) -> dict:
     loaded = fresh(models_dir)
     encoded = encode_examples(loaded.tokenizer, fact_examples()[:4], 2048)
     loss_step(loaded.model.train(), encoded, loaded.tokenizer.pad_token_id).backward()  # a real gradient
-    result = {}
-    for kind in ("adamw", "mini", "apollo"):
-        optimizer = optimizer_for(kind, loaded.model, lr=1e-12)  # tiny lr: weights barely move
+    kinds = ("adamw", "mini", "apollo")
+    optimizers = {kind: optimizer_for(kind, loaded.model, lr=1e-12) for kind in kinds}  # weights barely move
+    for optimizer in optimizers.values():
         optimizer.step()  # allocates the state
-        times = []
-        for _ in range(steps):
+    # Rounds interleave the optimizers, so a slow spell of the machine (other work, memory
+    # bandwidth) falls on all of them alike rather than on whichever ran then.
+    times = {kind: [] for kind in kinds}
+    for _ in range(steps):
+        for kind, optimizer in optimizers.items():
             started = time.perf_counter()
             optimizer.step()
-            times.append(time.perf_counter() - started)
-        result[kind] = {"state_bytes": state_bytes(optimizer), "step_seconds": min(times)}
-        del optimizer
+            times[kind].append(time.perf_counter() - started)
+    result = {kind: {"state_bytes": state_bytes(optimizers[kind]), "step_seconds": min(times[kind])}
+              for kind in kinds}
     result["threads"] = torch.get_num_threads()
     return result
 
@@ -125,7 +128,7 @@ def final_loss(kind: str, models_dir: Path, epochs: int, lr: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per optimizer")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per optimizer")
     parser.add_argument("--epochs", type=int, default=3, help="passes over the 30 fact chats")
     parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of both (full mode's default)")
     parser.add_argument("--models-dir", type=Path, default=None, help="default: <state>/models")
