@@ -85,12 +85,12 @@ def test_every_example_gets_a_fresh_cache(setup, monkeypatch):
     model, tokenizer, examples = setup
     made = []
 
-    class Spy(context_frozen.DynamicCache):
+    class Spy(context_frozen.ContextCache):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr(context_frozen, "DynamicCache", Spy)
+    monkeypatch.setattr(context_frozen, "ContextCache", Spy)
     first = frozen_losses(model, [examples[0]], tokenizer.pad_token_id)
     other = frozen_losses(model, [examples[3]], tokenizer.pad_token_id)
     again = frozen_losses(model, [examples[0]], tokenizer.pad_token_id)
@@ -139,6 +139,36 @@ def test_a_chunked_context_pass_scores_as_one_pass(setup, monkeypatch):
         chunked = frozen_losses(model, examples, pad)
         assert torch.allclose(chunked, whole, atol=1e-5), (chunk, chunked, whole)
     assert min(len(e.context_ids) for e in examples) < longest - 7  # some rows start with pad-only chunks
+
+
+def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_values(setup):
+    """The last layer's attention and MLP and the final norm feed nothing the response reads: the
+    context pass skips them (in every chunk), and the response pass still runs them."""
+    model, tokenizer, examples = setup
+    batch = context_frozen.make_batch(examples[:2], tokenizer.pad_token_id)
+    ran = []
+    watched = {"last_mlp": model.model.layers[-1].mlp, "before_last_mlp": model.model.layers[-2].mlp,
+               "final_norm": model.model.norm}
+    handles = [module.register_forward_hook(lambda *_, name=name: ran.append(name))
+               for name, module in watched.items()]
+    try:
+        for chunk in (4096, 5):
+            context_frozen.PREFILL_CHUNK, saved = chunk, context_frozen.PREFILL_CHUNK
+            try:
+                ran.clear()
+                cache = context_frozen.frozen_context_cache(model, batch)
+            finally:
+                context_frozen.PREFILL_CHUNK = saved
+            chunks = -(-batch.prefix_ids.shape[1] // chunk)
+            assert ran == ["before_last_mlp"] * chunks
+            assert len(cache.layers) == len(model.model.layers)
+            assert all(layer.keys.shape[-2] == batch.prefix_ids.shape[1] for layer in cache.layers)
+        ran.clear()
+        context_frozen.response_losses(model, batch, cache)
+        assert ran == ["before_last_mlp", "last_mlp", "final_norm"]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_the_plain_baselines_batch_loss_has_the_same_value_and_a_gradient_into_the_context(setup):
