@@ -141,7 +141,7 @@ def test_a_chunked_context_pass_scores_as_one_pass(setup, monkeypatch):
     assert min(len(e.context_ids) for e in examples) < longest - 7  # some rows start with pad-only chunks
 
 
-def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_values(setup):
+def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_values(setup, monkeypatch):
     """The last layer's attention and MLP and the final norm feed nothing the response reads: the
     context pass skips them (in every chunk), and the response pass still runs them."""
     model, tokenizer, examples = setup
@@ -153,12 +153,9 @@ def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_valu
                for name, module in watched.items()]
     try:
         for chunk in (4096, 5):
-            context_frozen.PREFILL_CHUNK, saved = chunk, context_frozen.PREFILL_CHUNK
-            try:
-                ran.clear()
-                cache = context_frozen.frozen_context_cache(model, batch)
-            finally:
-                context_frozen.PREFILL_CHUNK = saved
+            monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", chunk)
+            ran.clear()
+            cache = context_frozen.frozen_context_cache(model, batch)
             chunks = -(-batch.prefix_ids.shape[1] // chunk)
             assert ran == ["before_last_mlp"] * chunks
             assert len(cache.layers) == len(model.model.layers)
