@@ -8,8 +8,10 @@ the noisiest of them (progress bars, hub warnings) are quietened to warnings.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import warnings
+from pathlib import Path
 
 import structlog
 
@@ -51,6 +53,19 @@ def configure_logging(mode: str = "console", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=False,
     )
+
+
+def also_log_to_file(path: Path, level: str) -> None:
+    """Add a rotating copy of the configured log lines at `path` (after configure_logging)."""
+    # APScheduler logs every run of every job at info: the 2-second inbox watch would drown the
+    # log. Its warnings (a run skipped or missed) still come through.
+    if level != "debug":
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    path.parent.mkdir(mode=0o750, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
+    handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
+    root.addHandler(handler)
 
 
 def get_logger(name: str | None = None):

@@ -16,8 +16,6 @@ child the same way but at once (only children move pointers), then moves `curren
 from __future__ import annotations
 
 import faulthandler
-import logging
-import logging.handlers
 import os
 import signal
 import sqlite3
@@ -27,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from dreamd.daemon import scheduler as jobs
-from dreamd.daemon.child import TERM_GRACE, run_in_child
+from dreamd.daemon.child_jobs import ChildJobs, ChildrenBusy
 from dreamd.daemon.config import Config, load_config
 from dreamd.daemon.control import ControlError, ControlServer, peer_allowed
 from dreamd.daemon.instance_lock import InstanceLock
-from dreamd.daemon.logs import configure_logging, get_logger
+from dreamd.daemon.logs import also_log_to_file, configure_logging, get_logger
 from dreamd.daemon.sd_notify import Notifier, watchdog_interval
 from dreamd.daemon.service_state import (
     control_socket, link_socket_into_state, log_file, read_pause, service_file, set_pause, write_json_atomic,
@@ -65,11 +63,7 @@ class Service:
         self._first_scan_done = threading.Event()
         self._state_lock = threading.Lock()
         self._busy: dict[str, float] = {}  # job id -> start time, while it runs
-        self._aborts: dict[str, threading.Event] = {}  # job id -> abandons its child, while one runs
-        self._outcomes: dict[str, str] = {}  # job id -> how its last child run ended
-        self._rolling_back = False  # set under _state_lock: no child starts while a rollback runs
-        self._rollback_lock = threading.Lock()
-        self._child_pid: int | None = None
+        self.children = ChildJobs()  # the cycle's and re-evaluation's child processes
         self._inbox_mtime: int | None = None
         self._new_messages = 0
         self._last_heartbeat = time.monotonic()
@@ -177,16 +171,7 @@ class Service:
 
     def _add_log_file(self) -> None:
         """Also keep the JSON log lines in the state dir, for `dreamctl logs` with or without journald."""
-        # APScheduler logs every run of every job at info: the 2-second inbox watch would drown
-        # the log. Its warnings (a run skipped or missed) still come through.
-        if self.config.logging.level != "debug":
-            logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        path = log_file(self.layout)
-        path.parent.mkdir(mode=0o750, exist_ok=True)
-        root = logging.getLogger()
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
-        handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
-        root.addHandler(handler)
+        also_log_to_file(log_file(self.layout), self.config.logging.level)
 
     # --- health, state, summary ----------------------------------------------------------------
 
@@ -220,7 +205,7 @@ class Service:
             busy = sorted(self._busy)
         return {
             "pid": os.getpid(), "phase": self.phase(), "uptime_s": round(time.time() - self.started, 1),
-            "busy": busy, "child_pid": self._child_pid,
+            "busy": busy, "child_pid": self.children.child_pid,
             "next_runs": jobs.next_runs(self.scheduler) if self.scheduler and not self.stopping.is_set() else {},
             "last_error": self.last_error, "last_cycle": self.last_cycle, "last_ingest": self.last_ingest,
             "last_gate_decision": self.last_gate_decision, "new_messages_since_cycle": self._new_messages,
@@ -324,26 +309,17 @@ class Service:
         if read_pause(self.layout):
             log.info("paused; skipped", job=job_id)
             return
-        abort = threading.Event()
-        with self._state_lock:
-            # The same lock a rollback takes to see what runs: a child either starts before it
-            # looks (and is abandoned by it) or sees it here and leaves the pointers alone.
-            if self._rolling_back:
-                log.info("a rollback is under way; skipped", job=job_id)
-                return
-            self._aborts[job_id] = abort
         self._set_busy(job_id, True)
         started = time.time()
         try:
-            outcome = run_in_child(
-                target, (self.config.to_dict(), str(self.layout.root)), stop=self.stopping,
+            outcome = self.children.run(
+                job_id, target, (self.config.to_dict(), str(self.layout.root)), stop=self.stopping,
                 stop_timeout=self.config.daemon.stop_timeout_seconds, log_level=self.config.logging.level,
-                on_start=lambda pid: setattr(self, "_child_pid", pid), abort=abort,
                 log_path=str(log_file(self.layout)),
             )
-            if outcome.status == "abandoned" and abort.is_set():
-                outcome.error = "abandoned for a rollback"
-            self._outcomes[job_id] = outcome.status
+            if outcome is None:
+                log.info("a rollback is under way; skipped", job=job_id)
+                return
             record = {"job": job_id, "started": started, **outcome.to_dict()}
             if job_id == jobs.DREAM_CYCLE:
                 self.last_cycle = record
@@ -357,9 +333,6 @@ class Service:
         except Exception as exc:
             self._error(job_id, exc)
         finally:
-            with self._state_lock:
-                self._aborts.pop(job_id, None)
-            self._child_pid = None
             self._set_busy(job_id, False)
 
     # --- control commands ----------------------------------------------------------------------
@@ -398,9 +371,8 @@ class Service:
     def rollback(self, args: dict[str, Any], peer=None) -> dict[str, Any]:
         """Point `current` at last_good, at `checkpoint`, or (`to_base`) at the base model.
 
-        Pointers otherwise move only in a child's promote (or re-evaluation) step, so a child that
-        runs is abandoned first, the way a stop abandons it (SIGTERM, then SIGKILL): once it is
-        gone nothing else writes the pointers, and no new child starts until the rollback is done.
+        A running child is abandoned first, and none starts until the rollback is done
+        (ChildJobs.held): only a child's promote step moves the pointers otherwise.
         """
         from dreamd.daemon.rollback import roll_back, user_name
         from dreamd.trainers.checkpoints import CheckpointError
@@ -416,27 +388,13 @@ class Service:
                 verify_loadable(self.layout, wanted)
         except (CheckpointError, ValueError) as exc:
             raise ControlError("invalid", str(exc)) from None
-        with self._rollback_lock:
-            with self._state_lock:
-                self._rolling_back = True
-                running = dict(self._aborts)
-            try:
-                for job_id, abort in running.items():
-                    log.warning("abandoning a running job for a rollback", job=job_id, child_pid=self._child_pid)
-                    abort.set()
-                deadline = time.monotonic() + TERM_GRACE + 10
-                while any(job_id in self._aborts for job_id in running):
-                    if time.monotonic() > deadline:
-                        raise ControlError("busy", f"{', '.join(running)} did not stop; rollback not done")
-                    time.sleep(0.05)
-                try:
-                    result = roll_back(self.layout, target, by)
-                except (CheckpointError, ValueError) as exc:
-                    raise ControlError("invalid", str(exc)) from None
-            finally:
-                with self._state_lock:
-                    self._rolling_back = False
-        stopped = {job_id: self._outcomes.get(job_id) for job_id in running}
+        try:
+            with self.children.held() as stopped:  # running children are abandoned, none start
+                result = roll_back(self.layout, target, by)
+        except ChildrenBusy as exc:
+            raise ControlError("busy", f"{exc}; rollback not done") from None
+        except (CheckpointError, ValueError) as exc:
+            raise ControlError("invalid", str(exc)) from None
         log.info("rollback", by=by, current=result.get("current"), previous=result.get("previous"),
                  changed=result.get("changed"), jobs_stopped=stopped)
         self._save_state()

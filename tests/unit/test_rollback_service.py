@@ -83,10 +83,10 @@ def test_rollback_through_the_daemon_abandons_a_running_cycle_first(daemon, line
     cycle.start()
     marker = layout.root / "fake-cycles.log"
     deadline = time.monotonic() + 30
-    while not (marker.exists() and daemon._child_pid):
+    while not (marker.exists() and daemon.children.child_pid):
         assert time.monotonic() < deadline, "the fake cycle never started"
         time.sleep(0.05)
-    child = daemon._child_pid
+    child = daemon.children.child_pid
 
     result = dreamctl_rollback(layout)
     assert result.exit_code == 0, result.output
@@ -113,7 +113,7 @@ def test_rollback_through_the_daemon_abandons_a_running_cycle_first(daemon, line
 
 def test_a_bad_target_is_refused_before_anything_is_abandoned(daemon, lineage):
     layout, good, newer = lineage
-    daemon._aborts[jobs.DREAM_CYCLE] = abort = threading.Event()  # a cycle "runs"
+    daemon.children._aborts[jobs.DREAM_CYCLE] = abort = threading.Event()  # a cycle "runs"
     for args in (["nosuch"], ["../etc"], [good, "--to-base"]):
         result = dreamctl_rollback(layout, *args)
         assert result.exit_code in (1, 2) and read_pointer(layout, "current") == newer, result.output
@@ -132,9 +132,10 @@ def test_rollback_needs_an_allowed_peer(daemon, lineage):
 
 
 def test_no_cycle_starts_while_a_rollback_runs(daemon, lineage):
-    daemon._rolling_back = True
-    daemon._in_child(jobs.DREAM_CYCLE, daemon.stages.cycle)  # returns at once, no child
-    assert daemon.last_cycle is None and not (lineage[0].root / "fake-cycles.log").exists()
+    with daemon.children.held() as stopped:
+        daemon._in_child(jobs.DREAM_CYCLE, daemon.stages.cycle)  # returns at once, no child
+    assert stopped == {} and daemon.last_cycle is None and not (lineage[0].root / "fake-cycles.log").exists()
+    assert daemon._busy == {}
 
 
 def test_rollback_with_the_daemon_down_uses_the_instance_lock(lineage):
@@ -153,3 +154,18 @@ def test_rollback_with_the_daemon_down_uses_the_instance_lock(lineage):
     assert refused.exit_code == 1 and "control socket does not answer" in refused.output
     assert read_pointer(layout, "current") == good
     assert json.loads(dreamctl_rollback(layout, "--to-base").stdout)["current"] == BASE
+
+
+def test_a_child_that_will_not_stop_fails_the_rollback_and_lifts_the_hold(daemon, lineage, monkeypatch):
+    from dreamd.daemon import child_jobs
+
+    layout, _good, newer = lineage
+    monkeypatch.setattr(child_jobs, "ABANDON_WAIT", 0.3)
+    daemon.children._aborts[jobs.DREAM_CYCLE] = abort = threading.Event()  # a cycle that never ends
+    with pytest.raises(ControlError) as caught:
+        request(control_socket(layout), "rollback", {})
+    assert caught.value.code == "busy" and "did not stop" in str(caught.value)
+    assert abort.is_set() and read_pointer(layout, "current") == newer  # asked to stop; nothing moved
+    del daemon.children._aborts[jobs.DREAM_CYCLE]
+    daemon._in_child(jobs.DREAM_CYCLE, daemon.stages.cycle)  # the hold was lifted: cycles run again
+    assert daemon.last_cycle["status"] == "ok" and "done" in (layout.root / "fake-cycles.log").read_text()
