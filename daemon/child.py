@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -28,6 +27,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from dreamd.daemon.logs import get_logger
@@ -68,18 +68,14 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str,
     # The daemon decides when we stop: a Ctrl-C in a terminal or a reload is for it, not for us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from dreamd.daemon.logs import configure_logging
+    from dreamd.daemon.logs import also_log_to_file, configure_logging
 
     configure_logging("json", log_level)
     if log_path:  # the daemon's log file too, so `dreamctl logs` shows the cycle's own events
         try:
-            handler = logging.FileHandler(log_path, encoding="utf-8")  # appends; the daemon rotates
+            also_log_to_file(Path(log_path), rotate=False)
         except OSError as exc:  # no log folder (a daemon without one): stderr still has it all
             get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
-        else:
-            root = logging.getLogger()
-            handler.setFormatter(root.handlers[0].formatter)
-            root.addHandler(handler)
     try:
         result = resolve(target)(*args)
         conn.send(("ok", result if isinstance(result, dict) else {"value": result}))

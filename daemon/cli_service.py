@@ -48,10 +48,15 @@ def _ask(layout: StateLayout, cmd: str, args: dict[str, Any] | None = None, time
         raise CommandFailed(f"dreamd refused: {exc.message}", EXIT_DENIED if exc.code == "denied" else 1) from None
 
 
-def _table(rows: list[tuple[str, Any]]) -> None:
+def table_lines(rows: list[tuple[str, Any]]) -> list[str]:
+    """`key  value` lines, keys padded to one width, `-` for a missing value."""
     width = max((len(k) for k, _ in rows), default=0)
-    for key, value in rows:
-        click.echo(f"{key.ljust(width)}  {'-' if value is None else value}")
+    return [f"{key.ljust(width)}  {'-' if value is None else value}" for key, value in rows]
+
+
+def _table(rows: list[tuple[str, Any]]) -> None:
+    for line in table_lines(rows):
+        click.echo(line)
 
 
 def _emit(data: dict[str, Any], as_json: bool, rows: list[tuple[str, Any]] | None = None) -> None:

@@ -348,14 +348,12 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
 
 def show_status(daemon: Daemon, say: Say) -> dict:
     """`dreamctl status`, as the daemon answers it."""
-    from dreamd.daemon.cli_service import _status_rows
+    from dreamd.daemon.cli_service import _status_rows, table_lines
 
     status = {**daemon.ask("status"), "source": "daemon"}
-    rows = _status_rows(status)
-    width = max(len(key) for key, _ in rows)
     say("dreamctl status:")
-    for key, value in rows:
-        say(f"  {key.ljust(width)}  {'-' if value is None else value}")
+    for line in table_lines(_status_rows(status)):
+        say(f"  {line}")
     return status
 
 

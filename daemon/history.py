@@ -9,10 +9,8 @@ never a move. No torch here: dreamctl calls `rollback_and_record` directly.
 
 from __future__ import annotations
 
-import getpass
 import json
 import math
-import os
 import sqlite3
 import time
 from typing import Sequence
@@ -67,21 +65,21 @@ def record_pointer_moves(db: Database, before: dict[str, str], after: dict[str, 
     return moves
 
 
-def rollback_and_record(layout: StateLayout, target: str | None = None, by: str | None = None,
-                        why: str = MANUAL_ROLLBACK, db: Database | None = None) -> dict:
+def rollback_and_record(layout: StateLayout, target: str | None, by: str, why: str = MANUAL_ROLLBACK,
+                        db: Database | None = None) -> dict:
     """`trainers.lineage.rollback(layout, target)` (to `last_good` when `target` is None, or to a
     checkpoint id, or to `base`), then the pointer moves recorded in the database.
 
-    `by` says who asked (default `dreamctl <user>`); `why` defaults to a manual rollback (the
-    gate's re-check passes `rolled_back`). `db` is an open store to write to; without one the
-    state dir's database is opened, and when there is none yet (nothing ingested) the rollback
-    still happens and only the record is skipped. Raises what `rollback` raises (CheckpointError,
+    `by` says who asked (`recheck`, or `dreamctl <user>` from daemon/rollback.py); `why` defaults
+    to a manual rollback (the gate's re-check passes `rolled_back`). `db` is an open store to write
+    to; without one the state dir's database is opened, and when there is none yet (nothing
+    ingested) the rollback still happens and only the record is skipped. Raises what `rollback` raises (CheckpointError,
     ValueError) before anything moves. Returns rollback's dict plus `recorded`: how many pointer
     moves were stored (0 when nothing moved or there is no database).
     """
     before = read_pointers(layout)
     result = rollback(layout, target)
-    moves = _record_safely(layout, db, before, read_pointers(layout), why, by or f"dreamctl {_user()}")
+    moves = _record_safely(layout, db, before, read_pointers(layout), why, by)
     return {**result, "recorded": len(moves)}
 
 
@@ -107,10 +105,3 @@ def _record_safely(layout: StateLayout, db: Database | None, before: dict, after
     finally:
         if own and db is not None:
             db.conn.close()
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers): still record something
-        return f"uid {os.getuid()}"

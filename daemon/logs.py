@@ -55,15 +55,15 @@ def configure_logging(mode: str = "console", level: str = "info") -> None:
     )
 
 
-def also_log_to_file(path: Path, level: str) -> None:
-    """Add a rotating copy of the configured log lines at `path` (after configure_logging)."""
-    # APScheduler logs every run of every job at info: the 2-second inbox watch would drown the
-    # log. Its warnings (a run skipped or missed) still come through.
-    if level != "debug":
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    path.parent.mkdir(mode=0o750, exist_ok=True)
+def also_log_to_file(path: Path, rotate: bool = True) -> None:
+    """Copy the configured log lines (configure_logging first) into the file at `path`. Only the
+    daemon rotates it; its children append (rotate=False), so one process does the renames.
+    Raises OSError when the file cannot be opened."""
+    if rotate:
+        handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
+    else:
+        handler = logging.FileHandler(path, encoding="utf-8")
     root = logging.getLogger()
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=3, encoding="utf-8")
     handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
     root.addHandler(handler)
 

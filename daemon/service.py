@@ -16,6 +16,7 @@ child the same way but at once (only children move pointers), then moves `curren
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import signal
 import sqlite3
@@ -171,7 +172,13 @@ class Service:
 
     def _add_log_file(self) -> None:
         """Also keep the JSON log lines in the state dir, for `dreamctl logs` with or without journald."""
-        also_log_to_file(log_file(self.layout), self.config.logging.level)
+        # APScheduler logs every run of every job at info: the 2-second inbox watch would drown
+        # the log. Its warnings (a run skipped or missed) still come through.
+        if self.config.logging.level != "debug":
+            logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        path = log_file(self.layout)
+        path.parent.mkdir(mode=0o750, exist_ok=True)
+        also_log_to_file(path)
 
     # --- health, state, summary ----------------------------------------------------------------
 
