@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamd.daemon.dream_settings import DreamSettings, SignalSettings
-from dreamd.daemon.settings import DaemonSettings, LoggingSettings
-from dreamd.daemon.settings_base import ConfigError, help_of
+from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
+from dreamd.daemon.service.settings import DaemonSettings, LoggingSettings
+from dreamd.daemon.service.settings_base import ConfigError, help_of
 from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
-from dreamd.trainers.gate import EvalSettings, GateSettings
+from dreamd.trainers.gate.rules import EvalSettings, GateSettings
 from dreamd.trainers.settings import ModelSettings, TrainingSettings
 
 CONFIG_ENV = "DREAMD_CONFIG"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamd.daemon.settings_base import ConfigError
+from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.memory_graph.settings import EmbedderSettings
 
 

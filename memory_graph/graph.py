@@ -15,7 +15,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from dreamd.memory_graph.settings import GraphSettings
-from dreamd.memory_graph.store import blob_vector
+from dreamd.memory_graph.database.store import blob_vector
 from dreamd.memory_graph.walks import CSR, draw_collision
 
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamd.daemon.state_dir import StateLayout
+from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.settings import InboxSettings
 from dreamd.trainers.atomic import fsync_path
 

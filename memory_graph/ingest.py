@@ -18,16 +18,16 @@ from typing import Protocol
 import numpy as np
 from sqlite_utils import Database
 
-from dreamd.daemon.logs import get_logger
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.memory_graph.formats import parse_bytes
+from dreamd.daemon.service.logs import get_logger
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.formats.parse import parse_bytes
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.inbox import Claimed, Inbox
 from dreamd.memory_graph.memories import PlannedConversation, PlannedNode, plan_conversations, plan_nodes
 from dreamd.memory_graph.progress import LogProgress, Progress
-from dreamd.memory_graph.records import ParseError, Parsed
+from dreamd.memory_graph.formats.records import ParseError, Parsed
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
-from dreamd.memory_graph.store import open_store
+from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.writer import Conflict, Duplicate, commit_file
 
 log = get_logger("dreamd.ingest")

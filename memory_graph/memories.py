@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dreamd.memory_graph.records import Conversation, Parsed
+from dreamd.memory_graph.formats.records import Conversation, Parsed
 from dreamd.memory_graph.settings import GraphSettings
 
 SPEAKER = {"user": "User", "assistant": "Assistant", "tool": "Tool", "system": "System"}

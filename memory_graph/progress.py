@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from dreamd.daemon.logs import get_logger
+from dreamd.daemon.service.logs import get_logger
 
 log = get_logger("dreamd.ingest")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamd.daemon.settings_base import ConfigError
+from dreamd.daemon.service.settings_base import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

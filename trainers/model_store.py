@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamd.daemon.logs import get_logger
-from dreamd.daemon.settings_base import ConfigError
+from dreamd.daemon.service.logs import get_logger
+from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.trainers.atomic import publish_dir, sha256_file, staging_dir
 from dreamd.trainers.settings import ModelSettings
 

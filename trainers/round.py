@@ -18,13 +18,13 @@ from typing import Callable
 
 import torch
 
-from dreamd.daemon.logs import get_logger
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.trainers import checkpoint_io as io
-from dreamd.trainers.checkpoints import Manifest, checkpoint_dir, new_checkpoint_id, write_checkpoint
+from dreamd.daemon.service.logs import get_logger
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.checkpoints import weights as io
+from dreamd.trainers.checkpoints.manifest import Manifest, checkpoint_dir, new_checkpoint_id, write_checkpoint
 from dreamd.trainers.context_frozen import loss_step
 from dreamd.trainers.examples import EncodedExample, TrainingExample, encode_examples
-from dreamd.trainers.lineage import BASE, apply_retention, verify_loadable
+from dreamd.trainers.checkpoints.pointers import BASE, apply_retention, verify_loadable
 from dreamd.trainers.model_store import LoadedModel
 from dreamd.trainers.settings import TrainingSettings
 from dreamd.trainers.update_modes import (

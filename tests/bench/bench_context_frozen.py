@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     models_dir = args.models_dir
     if models_dir is None:
-        from dreamd.daemon.state_dir import StateLayout, resolve_state_dir
+        from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
 
         models_dir = StateLayout(resolve_state_dir()).ensure().models
     if args.worker:

@@ -32,10 +32,10 @@ def main() -> None:
 
     import torch
 
-    from dreamd.daemon.dream_settings import DreamSettings, SignalSettings
-    from dreamd.daemon.dreams import dream
-    from dreamd.daemon.signal_agent import ScoringContext, score_dreams
-    from dreamd.daemon.state_dir import StateLayout, resolve_state_dir
+    from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
+    from dreamd.daemon.dreaming.dreams import dream
+    from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
+    from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
     from dreamd.memory_graph.embedder import Embedder
     from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings
     from dreamd.trainers.generate import generate_chats
@@ -43,9 +43,9 @@ def main() -> None:
     from dreamd.trainers.settings import ModelSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.dream_helpers import sample_graph
+    from tests.helpers.dreams import sample_graph
 
-    from dreamd.daemon.logs import configure_logging
+    from dreamd.daemon.service.logs import configure_logging
 
     configure_logging("console", "warning")  # stderr: stdout carries only the result
     if args.threads:

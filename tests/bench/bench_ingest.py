@@ -57,7 +57,7 @@ def synthetic_files(folder: Path, messages: int, per_file: int, seed: int = 0) -
 
 
 def node_texts(files: list[Path]) -> list[str]:
-    from dreamd.memory_graph.formats import parse_bytes
+    from dreamd.memory_graph.formats.parse import parse_bytes
     from dreamd.memory_graph.memories import plan_conversations, plan_nodes
 
     texts = []
@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("--per-file", type=int, default=100)
     args = parser.parse_args()
 
-    from dreamd.daemon.logs import configure_logging
-    from dreamd.daemon.state_dir import StateLayout
+    from dreamd.daemon.service.logs import configure_logging
+    from dreamd.daemon.service.state_dir import StateLayout
     from dreamd.memory_graph.embedder import Embedder
     from dreamd.memory_graph.ingest import Ingester
     from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings

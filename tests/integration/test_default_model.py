@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dreamd.daemon.dreamctl import main as dreamctl
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.memory_graph.store import open_store
+from dreamd.daemon.cli.dreamctl import main as dreamctl
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.settings import EmbedderSettings
 from dreamd.trainers.generate import chat_reply

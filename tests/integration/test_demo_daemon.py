@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.daemon.status import collect_status
-from tests.daemon_harness import BIN, Daemon, alive, real_stages_config, save_tiny_model
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.daemon.service.status import collect_status
+from tests.helpers.daemon_harness import BIN, Daemon, alive, real_stages_config, save_tiny_model
 
 
 @pytest.fixture(scope="module")

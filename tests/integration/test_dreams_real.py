@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from dreamd.daemon.dream_cycle import dream_batch
-from dreamd.daemon.dream_records import load_dream
-from dreamd.daemon.dream_settings import DreamSettings, SignalSettings
-from dreamd.daemon.dreams import Dream
-from dreamd.daemon.signal_agent import divergences
+from dreamd.daemon.dreaming.batch import dream_batch
+from dreamd.daemon.dreaming.records import load_dream
+from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
+from dreamd.daemon.dreaming.dreams import Dream
+from dreamd.daemon.dreaming.signal_agent import divergences
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.settings import EmbedderSettings
 from dreamd.trainers.model_store import load_model
 from dreamd.trainers.settings import ModelSettings
-from tests.dream_helpers import GRAPH, sample_graph
+from tests.helpers.dreams import GRAPH, sample_graph
 
 pytestmark = pytest.mark.real_model
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from dreamd.daemon.dreamctl import main
+from dreamd.daemon.cli.dreamctl import main
 
 pytestmark = pytest.mark.real_model
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreamd.daemon.dreamctl import main as dreamctl
-from dreamd.daemon.state_dir import StateLayout
+from dreamd.daemon.cli.dreamctl import main as dreamctl
+from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.settings import GraphSettings
-from dreamd.memory_graph.store import open_store
+from dreamd.memory_graph.database.store import open_store
 
 pytestmark = pytest.mark.real_model
 

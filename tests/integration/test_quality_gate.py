@@ -6,14 +6,14 @@ import string
 import pytest
 
 from dreamd.daemon.config import config_from_dict
-from dreamd.daemon.demo import sample_files
-from dreamd.daemon.quality_gate import Evaluator, gate_candidate, held_out_nodes, last_decision, recheck_current
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.daemon.training_set import replay_example
+from dreamd.daemon.cli.demo import sample_files
+from dreamd.daemon.gate.judge import Evaluator, gate_candidate, held_out_nodes, last_decision, recheck_current
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.daemon.dreaming.training_set import replay_example
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.ingest import Ingester
 from dreamd.trainers.examples import TrainingExample
-from dreamd.trainers.lineage import BASE, read_pointer, set_pointer
+from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
 from dreamd.trainers.model_store import load_model
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import TrainingSettings

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import BIN, Daemon, jsonl_lines
-from tests.daemon_harness import drop as drop_text
+from tests.helpers.daemon_harness import BIN, Daemon, jsonl_lines
+from tests.helpers.daemon_harness import drop as drop_text
 
 
 @pytest.fixture

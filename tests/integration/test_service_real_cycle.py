@@ -19,10 +19,10 @@ import time
 
 import pytest
 
-from dreamd.daemon.demo import sample_files
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.trainers.lineage import BASE, read_pointer, verify_loadable
-from tests.daemon_harness import Daemon, drop, real_stages_config, save_tiny_model
+from dreamd.daemon.cli.demo import sample_files
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, verify_loadable
+from tests.helpers.daemon_harness import Daemon, drop, real_stages_config, save_tiny_model
 
 SAMPLE_MESSAGES, SAMPLE_MEMORIES = 43, 20  # the six bundled logs (tests/integration/test_default_model.py)
 

@@ -4,13 +4,13 @@ completion-only loss, and one LoRA round whose checkpoint loads with PEFT as it 
 import pytest
 import torch
 
-from dreamd.trainers.checkpoint_io import load_model_for
+from dreamd.trainers.checkpoints.weights import load_model_for
 from dreamd.trainers.context_frozen import completion_only_loss, frozen_losses
 from dreamd.trainers.examples import TrainingExample, encode_example, encode_examples
 from dreamd.trainers.model_store import load_model
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import ModelSettings, TrainingSettings
-from tests.train_helpers import state
+from tests.helpers.train import state
 
 pytestmark = pytest.mark.real_model
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from dreamd.daemon.state_dir import StateLayout
-from dreamd.trainers import checkpoint_io
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.checkpoints import weights as checkpoint_io
 from dreamd.trainers.round import start_trainer, train_round
 from dreamd.trainers.settings import TrainingSettings
-from tests.train_helpers import chats, tiny_loaded
+from tests.helpers.train import chats, tiny_loaded
 
 SETTINGS = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2)
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamd.trainers.checkpoint_io import ADAPTER_DIR, OPTIMIZER_TENSORS, load_model_for
-from dreamd.trainers.checkpoints import MANIFEST, CheckpointError, checkpoint_dir, verify_checkpoint
-from dreamd.trainers.lineage import BASE, latest_checkpoint, resolve, resolve_pointer, set_pointer
+from dreamd.trainers.checkpoints.weights import ADAPTER_DIR, OPTIMIZER_TENSORS, load_model_for
+from dreamd.trainers.checkpoints.manifest import MANIFEST, CheckpointError, checkpoint_dir, verify_checkpoint
+from dreamd.trainers.checkpoints.pointers import BASE, latest_checkpoint, resolve, resolve_pointer, set_pointer
 from dreamd.trainers.round import start_trainer, train_round
 from dreamd.trainers.settings import TrainingSettings
-from tests.tiny import tiny_llama
-from tests.train_helpers import chats, state, tiny_loaded
+from tests.helpers.tiny import tiny_llama
+from tests.helpers.train import chats, state, tiny_loaded
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")

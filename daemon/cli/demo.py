@@ -1,0 +1,362 @@
+"""The demo: the real `dreamd` on the bundled sample logs, through one whole cycle, explained.
+
+Each step prints what it did: prepare the model (converting the embedded GGUF on first use),
+start `dreamd` on the state dir (or use the one already running there), drop the sample logs (one
+per format) into its inbox and follow their ingest, show the memory graph and a few "collisions" —
+distant memories joined through the graph, the raw material of dreams — and ask the model a
+question whose answer is only in the logs, with and without the closest memory in its context.
+Then ask the daemon for a dream cycle (`dream_now`, as `dreamctl dream --now` does), follow it to
+its end (dreams, signal agent, training round, quality gate), print `dreamctl status`, and stop the
+daemon with SIGTERM — also on Ctrl-C or an error, so no daemon is left behind. A daemon that was
+already running is used and left running.
+
+The demo reads the database while the daemon writes it (WAL: readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dreamd.daemon.config import Config, render_config
+from dreamd.daemon.service.control import ControlError, DaemonUnavailable, request
+from dreamd.daemon.service.state import control_socket
+from dreamd.daemon.service.state_dir import StateLayout
+
+QUESTION = "What is the name of our internal metrics dashboard?"
+COLLISION_SEED = 7
+POLL = 0.5  # seconds between looks at the daemon while waiting
+PROGRESS_EVERY = 15.0  # seconds between "still ..." lines
+# What the cycle's child logs as it passes each step (in the daemon's stderr), said in words.
+STEP_EVENTS = {"dreams scored and stored": "dreams played out and judged by the signal agent",
+               "checkpoint written": "training round done: candidate checkpoint written",
+               "gate decision": "quality gate decided"}
+# What the cycle is busy with after each of those events, for the "still ..." lines.
+NEXT_ACTIVITY = {"dreams scored and stored": "training", "checkpoint written": "evaluating the candidate",
+                 "gate decision": "promoting or rejecting"}
+
+Say = Callable[[str], None]
+
+
+class DemoError(RuntimeError):
+    """The daemon would not start, died, or never got to the samples."""
+
+
+def sample_files() -> list[Path]:
+    folder = resources.files("dreamd.memory_graph").joinpath("samples")
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name != "README.md" and not p.name.startswith("."))
+
+
+def run_demo(config: Config, layout: StateLayout, say: Say, dreams: int = 8) -> dict:
+    from dreamd.trainers.model_store import load_model
+
+    layout.ensure()
+    started = time.monotonic()
+    loaded = load_model(config.model, layout.models)  # converts the embedded GGUF once, before dreamd needs it
+    say(f"model: {loaded.directory.name} loaded from {loaded.directory} in {time.monotonic() - started:.1f} s "
+        f"on {loaded.model.device}")
+    with Daemon(config, layout, say, dreams) as daemon:
+        summary = ingest_samples(daemon, config, layout, say)
+        summary.update(explore(config, layout, loaded, say))
+        summary["cycle"] = run_one_cycle(daemon, dreams, say) if dreams else None
+        summary["status"] = show_status(daemon, say)
+        summary["daemon"] = {"pid": daemon.pid, "started_by_demo": daemon.proc is not None}
+    if daemon.proc is not None:
+        summary["daemon"]["exit_code"] = daemon.proc.returncode
+    return summary
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+class Daemon:
+    """The dreamd on `layout`: the running one if there is one, else ours, stopped on exit."""
+
+    def __init__(self, config: Config, layout: StateLayout, say: Say, dreams: int):
+        self.config, self.layout, self.say, self.dreams = config, layout, say, dreams
+        self.socket = control_socket(layout)
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.log_path = layout.root / "logs" / "demo-dreamd.log"
+        self._log_offset = 0
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "Daemon":
+        try:
+            self.pid = self.ask("ping")["pid"]
+            self.say(f"dreamd: already running on {self.layout.root} (pid {self.pid}); using it as it is"
+                     + (f" (its own dreams.per_cycle, not --dreams {self.dreams})" if self.dreams else ""))
+            return self
+        except DaemonUnavailable:
+            pass
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="dreamd-demo-")
+        raw = self.config.to_dict()
+        if self.dreams:
+            raw["dreams"]["per_cycle"] = self.dreams  # --dreams, as a config override for the daemon
+        config_file = Path(self._tmp.name) / "dreamd.toml"
+        config_file.write_text(render_config(raw), encoding="utf-8")
+        self.log_path.parent.mkdir(mode=0o750, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        with open(self.log_path, "ab") as log:
+            self._log_offset = log.tell()
+            # Same process group: a Ctrl-C in the terminal reaches dreamd too, which stops on SIGINT.
+            self.proc = subprocess.Popen(
+                [*dreamd_command(), "--config", str(config_file), "--state-dir", str(self.layout.root)],
+                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 120
+        while True:  # READY comes after its first inbox scan; the socket answers before
+            self.check_alive()
+            try:
+                if self.ask("ping")["phase"] != "starting":
+                    break
+            except DaemonUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"dreamd did not get ready in 120 s; its log: {self.log_path}")
+            time.sleep(0.2)
+        self.say(f"dreamd: started on {self.layout.root} (pid {self.pid}), as `dreamd --state-dir "
+                 f"{self.layout.root}` would run; its log lines go to {self.log_path}")
+
+    def ask(self, cmd: str, args: dict | None = None) -> dict[str, Any]:
+        return request(self.socket, cmd, args, timeout=10.0)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise DemoError(f"dreamd exited with code {self.proc.returncode}; its log: {self.log_path}\n"
+                            + tail(self.log_path))
+
+    def new_events(self) -> list[str]:
+        """Events our daemon (and its cycle's child) logged since the last call."""
+        if self.proc is None:
+            return []
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(self._log_offset)
+                data = handle.read()
+        except OSError:
+            return []
+        complete = data.rfind(b"\n") + 1
+        self._log_offset += complete
+        events = []
+        for line in data[:complete].splitlines():
+            try:
+                events.append(json.loads(line)["event"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return events
+
+    def stop(self) -> None:
+        """SIGTERM our daemon and wait for it (SIGKILL if it will not go); never the user's."""
+        proc, self.proc = self.proc, None
+        try:
+            if proc is not None and proc.poll() is None:
+                self.say("dreamd: stopping it (SIGTERM)")
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.config.daemon.stop_timeout_seconds + 15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                self.say(f"dreamd: stopped (exit code {proc.returncode})")
+        finally:
+            self.proc = proc  # keep it for the exit code
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+
+def dreamd_command() -> list[str]:
+    """The `dreamd` beside this Python (the venv's script), else the module itself."""
+    script = Path(sys.executable).with_name("dreamd")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "dreamd.daemon.cli.dreamd"]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+
+def ingest_samples(daemon: Daemon, config: Config, layout: StateLayout, say: Say) -> dict:
+    """Drop the sample logs the safe way, wait for the daemon to ingest them, say what it made."""
+    from dreamd.memory_graph.inbox import Inbox
+    from dreamd.memory_graph.database.store import open_store
+
+    db = open_store(layout.database)
+    files = sample_files()
+    hashes = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+    known = {sha: name for sha, name in db.execute("SELECT sha256, name FROM sources").fetchall()}
+    inbox = Inbox(layout, config.inbox)
+    dropped = {path.name: inbox.drop(path).name for path in files}
+    say(f"inbox: dropped {len(files)} sample logs into {inbox.new} (copied into tmp/, renamed into new/); "
+        "dreamd notices them within daemon.inbox_poll_seconds")
+    waiting, last, started = set(dropped.values()), None, time.monotonic()
+    while waiting:
+        daemon.check_alive()
+        present = {p.name for folder in ("new", "processing") for p in layout.inbox_folder(folder).iterdir()}
+        waiting &= present
+        messages = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        now = (len(files) - len(waiting), messages)
+        if now != last:
+            say(f"  ingesting: {now[0]} of {len(files)} files done, {messages} messages in the graph")
+            last = now
+        if time.monotonic() - started > 600:
+            raise DemoError(f"dreamd did not ingest the samples in 10 minutes; still waiting: {sorted(waiting)}")
+        time.sleep(0.2 if waiting else 0)
+    summary = {"files": len(files), "ingested": 0, "duplicates": 0, "quarantined": 0, "messages": 0}
+    for source in files:
+        sha = hashes[source.name]
+        row = db.execute("SELECT id, format, messages, duplicate_messages, skipped FROM sources WHERE sha256 = ?",
+                         (sha,)).fetchone()
+        if sha in known:
+            summary["duplicates"] += 1
+            say(f"  {source.name}: already ingested (as {known[sha]}): nothing new")
+        elif row is None:
+            summary["quarantined"] += 1
+            say(f"  {source.name}: quarantined (see {layout.inbox_folder('quarantine')})")
+        else:
+            source_id, fmt, messages, duplicates, skipped = row
+            nodes = db.execute("SELECT count(*) FROM memory_nodes n JOIN messages m ON m.id = n.first_message_id "
+                               "WHERE m.source_id = ?", (source_id,)).fetchone()[0]
+            summary["ingested"] += 1
+            summary["messages"] += messages
+            say(f"  {source.name}: {fmt}, {messages} new messages, {nodes} memories, {duplicates} already known, "
+                f"{skipped} malformed records skipped")
+    db.conn.close()
+    return summary
+
+
+def explore(config: Config, layout: StateLayout, loaded, say: Say) -> dict:
+    """The graph the daemon built, a few collisions, and the question with and without memory."""
+    from dreamd.memory_graph.embedder import Embedder
+    from dreamd.memory_graph.graph import MemoryGraph
+    from dreamd.memory_graph.database.store import open_store
+    from dreamd.trainers.generate import chat_reply
+
+    db = open_store(layout.database)
+    graph = MemoryGraph.load(db)
+    stats = graph.stats()
+    say(f"memory graph: {stats['nodes']} memories (user→assistant exchanges), {stats['edges']} edges "
+        f"{stats['edge_kinds']}")
+    collisions = graph.collisions(db, 3, seed=COLLISION_SEED, settings=config.graph)
+    for collision in collisions:
+        say(f"collision of {len(collision.node_ids)} memories {collision.node_ids}:")
+        for node_id, text in zip(collision.node_ids, collision.texts):
+            say(f"  [{node_id}] {_short(text)!r}")
+        for path in collision.paths:
+            say(f"  joined by {' → '.join(map(str, path))}")
+
+    summary = {"memories": stats["nodes"], "edges": stats["edges"],
+               "collisions": [{"node_ids": c.node_ids, "paths": c.paths} for c in collisions]}
+    if not stats["nodes"]:
+        db.conn.close()
+        say("ask: skipped (no memories to recall)")
+        return summary
+    embedder = Embedder(config.embedder)
+    scores = graph.vectors @ embedder.encode([QUESTION])[0]
+    node_id = graph.ids[int(np.argmax(scores))]
+    memory = db.execute("SELECT text FROM memory_nodes WHERE id = ?", (node_id,)).fetchone()[0]
+    db.conn.close()
+    plain = chat_reply(loaded, [{"role": "user", "content": QUESTION}], max_new_tokens=40)
+    recalled = chat_reply(loaded, [
+        {"role": "system", "content": f"Answer using this note from earlier conversations: {memory}"},
+        {"role": "user", "content": QUESTION},
+    ], max_new_tokens=40)
+    say(f"ask: {QUESTION}")
+    say(f"  closest memory: {_short(memory, 90)!r}")
+    say(f"  from its weights alone: {plain}")
+    say(f"  with the memory in context: {recalled}")
+    return {**summary, "answer_without_memory": plain, "answer_with_memory": recalled}
+
+
+def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
+    """Ask the daemon for a cycle, follow it to its end, and say what each step did."""
+    before = (daemon.ask("status").get("last_cycle") or {}).get("started")
+    try:
+        answer = daemon.ask("dream_now")
+    except ControlError as exc:
+        say(f"dream cycle: not started: {exc.message}")
+        return None
+    say(f"dream cycle: {'already running; following it' if answer.get('already_running') else 'started'} "
+        f"(dreamctl dream --now): {dreams if daemon.proc else 'its configured number of'} dreams -> signal agent "
+        "-> training round -> quality gate (a few minutes on two CPU cores)")
+    started, said, activity = time.monotonic(), time.monotonic(), "dreaming"
+    daemon.new_events()  # only what the cycle logs from here on
+    while True:
+        daemon.check_alive()
+        status = daemon.ask("status")
+        cycle = status.get("last_cycle") or {}
+        if cycle.get("job") == "dream-cycle" and cycle.get("started") != before and status["phase"] != "dreaming":
+            break
+        elapsed = time.monotonic() - started
+        for event in daemon.new_events():
+            if event in STEP_EVENTS:
+                say(f"  {STEP_EVENTS[event]} ({elapsed:.0f} s)")
+                said, activity = time.monotonic(), NEXT_ACTIVITY[event]
+        if time.monotonic() - said >= PROGRESS_EVERY:
+            say(f"  still {activity} ({elapsed:.0f} s)")
+            said = time.monotonic()
+        time.sleep(POLL)
+    result = cycle.get("result") or {}
+    steps = result.get("steps", {})
+    if cycle.get("status") != "ok":
+        say(f"  the cycle {cycle.get('status')}: {cycle.get('error')}")
+    made = steps.get("dreams", {})
+    if made:
+        say(f"  dreams: {made.get('dreams', 0)} played out, {made.get('accepted', 0)} accepted by the signal agent"
+            + (f"; rejected for {made['rejections']}" if made.get("rejections") else ""))
+    if "training" in steps:
+        t = steps["training"]
+        say(f"  training: {t['examples']} examples ({t['dream_examples']} dreams) from {t['parent']} -> "
+            f"candidate {t['candidate']}, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
+    if "gate" in steps:
+        g = steps["gate"]
+        say(f"  quality gate: {g['decision']} against {g['compared_to']} (evaluated in {g['eval_seconds']:.0f} s)"
+            + "".join(f"\n    {reason}" for reason in g["reasons"]))
+    say(f"  outcome: {result.get('outcome') or cycle.get('error')} in {time.monotonic() - started:.0f} s")
+    after = daemon.ask("status")
+    return {"status": cycle.get("status"), "outcome": result.get("outcome"), "steps": steps,
+            "current": after["current"], "last_good": after["last_good"]}
+
+
+def show_status(daemon: Daemon, say: Say) -> dict:
+    """`dreamctl status`, as the daemon answers it."""
+    from dreamd.daemon.cli.service import _status_rows, table_lines
+
+    status = {**daemon.ask("status"), "source": "daemon"}
+    say("dreamctl status:")
+    for line in table_lines(_status_rows(status)):
+        say(f"  {line}")
+    return status
+
+
+def _short(text: str, limit: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

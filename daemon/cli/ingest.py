@@ -1,0 +1,71 @@
+"""`dreamctl ingest`: drop conversation logs into the inbox, and optionally ingest them now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dreamd.daemon.cli.common import ConfigProblem, emit, json_option
+from dreamd.daemon.service.settings_base import ConfigError
+
+
+class BarProgress:
+    """The ingest progress as a click bar on stderr (stdout stays clean for --json)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, files: int) -> None:
+        self.bar = click.progressbar(length=max(files, 1), label="ingesting", file=click.get_text_stream("stderr"),
+                                     show_pos=True)
+        self.bar.__enter__()
+
+    def advance(self, files: int, messages: int = 0) -> None:
+        self.bar.update(files)
+
+    def finish(self, report) -> None:
+        self.bar.__exit__(None, None, None)
+
+
+@click.command("ingest")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--now", is_flag=True, help="Also ingest the inbox in this process, with a progress bar, "
+                                          "instead of leaving it to the running daemon.")
+@json_option
+@click.pass_obj
+def ingest_cmd(obj, files: tuple[Path, ...], now: bool, as_json: bool):
+    """Drop conversation log FILES into the inbox (copied into inbox/tmp/, then renamed into
+    inbox/new/, so the daemon never sees half a file)."""
+    from dreamd.memory_graph.inbox import Inbox
+
+    config = obj.config()
+    layout = obj.layout().ensure()
+    inbox = Inbox(layout, config.inbox)
+    dropped = [inbox.drop(path) for path in files]
+    result: dict = {"dropped": [str(p) for p in dropped]}
+    if now:
+        from dreamd.memory_graph.embedder import Embedder  # torch: imported only when needed
+        from dreamd.memory_graph.ingest import Ingester
+
+        try:
+            embedder = Embedder(config.embedder)
+        except ConfigError as exc:
+            raise ConfigProblem(exc) from None
+        ingester = Ingester(layout, embedder, config.inbox, config.graph)
+        report = ingester.drain(progress=None if as_json else BarProgress(),
+                                trusted=frozenset(p.name for p in dropped))
+        result.update({k: v for k, v in report.to_dict().items() if k != "outcomes"})
+        result["files_detail"] = report.outcomes
+        result["graph"] = ingester.graph.stats()
+    if as_json:
+        emit(result, as_json=True)
+        return
+    for path in dropped:
+        click.echo(f"dropped {path}")
+    if now:
+        for outcome in result["files_detail"]:
+            detail = {k: v for k, v in outcome.items() if k not in ("file", "status")}
+            click.echo(f"{outcome['status']:<12} {outcome['file']}  {detail}")
+        click.echo(f"messages {result['messages']} (duplicates {result['duplicate_messages']}), "
+                   f"memories {result['nodes']}, edges {result['edges']}, in {result['seconds']:.1f} s")

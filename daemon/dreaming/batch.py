@@ -1,0 +1,72 @@
+"""The entry points the dream cycle calls: one batch of dreams, scored and stored; the judge model.
+
+    dreams = dream_batch(db, graph, loaded, embedder, config, seed)      # the dreams + signal steps
+    examples = training_set(db, config.dreams, seed)                      # then train_round(...)
+    mark_trained(db, examples, checkpoint_id)                             # once the gate has decided
+
+Everything here runs in the cycle's child process (generation is long work).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from dreamd.daemon.dreaming.records import prior_vectors, save_dreams
+from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
+from dreamd.daemon.dreaming.dreams import Dream, dream
+from dreamd.daemon.service.logs import get_logger
+from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
+from dreamd.daemon.dreaming.training_set import mark_trained, training_set  # noqa: F401  (re-exported for the cycle)
+from dreamd.memory_graph.graph import MemoryGraph
+from dreamd.memory_graph.settings import GraphSettings
+from dreamd.trainers.model_store import LoadedModel, load_model
+from dreamd.trainers.settings import ModelSettings
+
+log = get_logger(__name__)
+
+
+def load_judge(signal: SignalSettings, model: ModelSettings, models_dir: Path) -> LoadedModel | None:
+    """The configured judge model, or None: the dreaming model judges."""
+    if not signal.judge_model_path or signal.judge_weight == 0:
+        return None
+    return load_model(ModelSettings(path=signal.judge_model_path, device=model.device, dtype=model.dtype), models_dir)
+
+
+def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder, *, dreams: DreamSettings,
+                signal: SignalSettings, graph_settings: GraphSettings, seed: int,
+                judge: LoadedModel | None = None, scorers=None) -> list[Dream]:
+    """Draw collisions, dream one per collision, score, decide and store every dream (accepted
+    or not, with its provenance). Returns the dreams, ids set."""
+    started = time.monotonic()
+    seed = seed + dreams.seed
+    graph.refresh(db)
+    collisions = graph.collisions(db, dreams.per_cycle, seed=seed, settings=graph_settings)
+    if not collisions:
+        log.info("no collisions to dream from", nodes=len(graph.ids))
+        return []
+    batch = dream(loaded, collisions, dreams, seed)
+    context = ScoringContext(signal, loaded=loaded, judge=judge, embed=getattr(embedder, "encode", embedder),
+                             prior_vectors=prior_vectors(db))
+    score_dreams(batch, context, scorers)
+    save_dreams(db, batch, batch=uuid.uuid4().hex[:12], model=str(loaded.directory), seed=seed, review=dreams.review)
+    accepted = sum(d.accepted for d in batch)
+    log.info("dreams scored and stored", dreams=len(batch), accepted=accepted,
+             failed=sum(d.failure is not None for d in batch), seconds=round(time.monotonic() - started, 1))
+    return batch
+
+
+def summary(batch: list[Dream]) -> dict:
+    """The dreams step's result for the cycle report (JSON)."""
+    reasons: dict[str, int] = {}
+    for d in batch:
+        if not d.accepted:
+            key = d.reasons[0].split(" (")[0] if d.reasons else "unknown"
+            reasons[key] = reasons.get(key, 0) + 1
+    return {"dreams": len(batch), "accepted": sum(d.accepted for d in batch),
+            "failed": sum(d.failure is not None for d in batch), "dream_ids": [d.id for d in batch],
+            "rejections": reasons, "stop": not any(d.accepted for d in batch),
+            "outcome": "no dream accepted" if not any(d.accepted for d in batch) else None}

@@ -1,0 +1,144 @@
+"""Settings of dream composition (`[dreams]`) and of the signal agent that filters dreams (`[signal]`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dreamd.daemon.service.settings_base import require, setting
+
+SCHEDULES = ("constant", "spread")
+SCORERS = ("divergence", "judge", "hygiene", "novelty")
+
+
+@dataclass
+class DreamSettings:
+    """How dreams are composed from memory collisions and played out by the model."""
+
+    per_cycle: int = setting(16, "Dreams composed per cycle (one collision each).")
+    batch_size: int = setting(16, "Dreams generated together in one left-padded batch.")
+    fragment_tokens: int = setting(
+        384, "Token budget of the memory fragments shown to the model when composing, shared among the 2-4 memories."
+    )
+    scenario_tokens: int = setting(96, "Longest scenario (the new user message) the model may write, in tokens.")
+    response_tokens: int = setting(128, "Longest response to a scenario, in tokens.")
+    temperature: float = setting(
+        0.9,
+        "Sampling temperature of composition: the noise knob (0: greedy, the same scenario for the same memories).",
+    )
+    temperature_schedule: str = setting(
+        "spread",
+        "constant (every dream at `temperature`) or spread (a batch's dreams spread evenly from "
+        "`temperature_min` to `temperature`, so one cycle explores several noise levels).",
+    )
+    temperature_min: float = setting(0.5, "Lowest composition temperature of the spread schedule.")
+    response_temperature: float = setting(
+        1.0,
+        "Sampling temperature of the response. 1 samples the weights' own behaviour without bias; "
+        "the divergence filter then keeps the samples the memories support more than the weights "
+        "do. (A greedy or cooled response is the weights' favourite, so its divergence is almost "
+        "never positive.)",
+    )
+    generation_timeout_seconds: float = setting(
+        300.0,
+        "A batch still generating after this long stops; its unfinished dreams are rejected as timed out.",
+    )
+    seed: int = setting(0, "Added to the cycle's seed for collision sampling and generation.")
+    replay_fraction: float = setting(
+        0.5,
+        "Share of a round's training set that is replayed real exchanges from the logs (for "
+        "diversity), the rest accepted dreams; 0: dreams only.",
+    )
+    replay_history_messages: int = setting(
+        6, "Earlier messages of its conversation kept as the context of a replayed exchange."
+    )
+    max_dreams_per_round: int = setting(64, "Most accepted dreams taken into one training round (oldest first).")
+    review: bool = setting(
+        False,
+        "Hold accepted dreams in a review queue: only dreams a person approved are trained on.",
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("per_cycle", "batch_size", "fragment_tokens", "scenario_tokens", "response_tokens",
+                    "max_dreams_per_round"):
+            require(1 <= getattr(self, key) <= 100_000, key, "an integer from 1 to 100000", getattr(self, key))
+        require(0 <= self.temperature <= 5, "temperature", "a number from 0 to 5", self.temperature)
+        require(0 <= self.temperature_min <= self.temperature, "temperature_min",
+                "a number from 0 to `temperature`", self.temperature_min)
+        require(self.temperature_schedule in SCHEDULES, "temperature_schedule", "constant or spread",
+                self.temperature_schedule)
+        require(0 <= self.response_temperature <= 5, "response_temperature", "a number from 0 to 5",
+                self.response_temperature)
+        require(self.generation_timeout_seconds > 0, "generation_timeout_seconds", "a positive number",
+                self.generation_timeout_seconds)
+        require(self.seed >= 0, "seed", "0 or more", self.seed)
+        require(0 <= self.replay_fraction < 1, "replay_fraction", "a number in [0, 1)", self.replay_fraction)
+        require(0 <= self.replay_history_messages <= 1000, "replay_history_messages", "an integer from 0 to 1000",
+                self.replay_history_messages)
+
+
+@dataclass
+class SignalSettings:
+    """How the signal agent scores dreams and decides which become training examples."""
+
+    divergence_weight: float = setting(
+        1.0,
+        "Weight of memory divergence: how much likelier the response is with its source memories in "
+        "context than without (the behaviour the weights have not absorbed yet). 0 turns it off.",
+    )
+    min_divergence: float = setting(
+        -0.1,
+        "Least divergence accepted, in nats per response token (with-memory minus without-memory "
+        "log-prob). Slightly below 0 because the memories' text alone lowers the likelihood of a "
+        "generic answer (by 0.01-0.2 nats/token on the default model); raise it towards 0 or above "
+        "for a stricter filter.",
+    )
+    divergence_scale: float = setting(
+        0.5, "Divergence above min_divergence (nats per token) that counts as a full 1.0 in the weighted total."
+    )
+    judge_weight: float = setting(1.0, "Weight of the judge's rating of the response. 0 turns the judge off.")
+    min_judge_score: float = setting(5.0, "Least judge rating accepted, on the rubric's 1-10 scale.")
+    judge_model_path: str = setting(
+        "", "A larger local Hugging Face model directory to judge with. Empty: the dreaming model judges."
+    )
+    judge_rubric: str = setting(
+        "Rate the assistant's reply to the user's message from 1 to 10: 10 if it is helpful, correct "
+        "and on topic, 1 if it is useless, wrong, or off topic.",
+        "The rubric the judge rates each response against (it is asked to answer \"Score:\" and a number).",
+    )
+    hygiene_weight: float = setting(
+        1.0, "Weight of hygiene in the total; a hygiene problem (below) always rejects while this is above 0."
+    )
+    min_response_chars: int = setting(8, "Shortest response accepted, in characters.")
+    max_response_chars: int = setting(4000, "Longest response accepted, in characters.")
+    max_repeated_ngrams: float = setting(
+        0.3, "Largest share of repeated word 3-grams in a response (loops and degenerate text score high)."
+    )
+    refusal_patterns: list[str] = setting(
+        ["as an ai language model", "i'm sorry, but i can", "i cannot help with", "i can't assist",
+         "i am unable to", "as a large language model"],
+        "Case-insensitive phrases that mark a refusal or boilerplate response.",
+    )
+    novelty_weight: float = setting(
+        1.0, "Weight of novelty: embedding distance from dreams already accepted and from the rest of the batch."
+    )
+    min_novelty: float = setting(
+        0.05, "Least novelty accepted: 1 minus the highest cosine similarity to an earlier dream (0.05: cosine below 0.95)."
+    )
+    min_total: float = setting(0.5, "Least weighted mean of the enabled scores (each from 0 to 1) for a dream to be accepted.")
+
+    def __post_init__(self) -> None:
+        for name in SCORERS:
+            key = f"{name}_weight"
+            require(getattr(self, key) >= 0, key, "0 (off) or positive", getattr(self, key))
+        require(self.divergence_scale > 0, "divergence_scale", "a positive number", self.divergence_scale)
+        require(1 <= self.min_judge_score <= 10, "min_judge_score", "a number from 1 to 10", self.min_judge_score)
+        require(self.judge_rubric.strip() != "", "judge_rubric", "a non-empty text", self.judge_rubric)
+        require(0 <= self.min_response_chars < self.max_response_chars, "min_response_chars",
+                "0 or more and below max_response_chars", self.min_response_chars)
+        require(0 < self.max_repeated_ngrams <= 1, "max_repeated_ngrams", "a number in (0, 1]", self.max_repeated_ngrams)
+        require(-1 <= self.min_novelty <= 2, "min_novelty", "a number from -1 to 2", self.min_novelty)
+        require(0 <= self.min_total <= 1, "min_total", "a number from 0 to 1", self.min_total)
+
+    def weights(self) -> dict[str, float]:
+        """The enabled scorers and their weights."""
+        return {name: getattr(self, f"{name}_weight") for name in SCORERS if getattr(self, f"{name}_weight") > 0}
