@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 from sqlite_utils import Database
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.formats.parse import parse_bytes
 from dreamd.memory_graph.graph import MemoryGraph
@@ -30,7 +30,7 @@ from dreamd.memory_graph.settings import GraphSettings, InboxSettings
 from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.writer import Conflict, Duplicate, commit_file
 
-log = get_logger("dreamd.ingest")
+log = structlog.get_logger("dreamd.ingest")
 
 
 class TextEmbedder(Protocol):

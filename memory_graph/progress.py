@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 
-log = get_logger("dreamd.ingest")
+log = structlog.get_logger("dreamd.ingest")
 
 
 class Progress(Protocol):

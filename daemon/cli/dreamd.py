@@ -9,7 +9,9 @@ import sys
 import click
 
 from dreamd.daemon.cli.common import EXIT_FAILURE, config_option, emit, read_config, state_dir_option
-from dreamd.daemon.service.logs import configure_logging, get_logger
+import structlog
+
+from dreamd.daemon.service.logs import configure_logging
 from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
 
 EXIT_ALREADY_RUNNING = 3
@@ -43,7 +45,7 @@ def main(config_path: str | None, state_dir: str | None, check_config: bool, sta
     from dreamd.daemon.service.runtime import Service
     from dreamd.daemon.loop.stages import load_stages
 
-    log = get_logger("dreamd")
+    log = structlog.get_logger("dreamd")
     try:
         service = Service(config, StateLayout(resolve_state_dir(state_dir)), load_stages(stages_spec), config_path)
         code = service.run()

@@ -130,9 +130,9 @@ def export(obj, target: Path, checkpoint_id: str | None, merged: bool, as_json: 
 
 
 def _write_merged(config, layout, checkpoint_id: str, out: Path) -> None:
-    from dreamd.daemon.gate.judge import load_as
+    from dreamd.trainers.checkpoints.weights import load_as
 
-    loaded = load_as(config, layout, checkpoint_id)
+    loaded = load_as(config.model, layout.models, layout, checkpoint_id)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):  # a peft model: fold the adapter into the weights
         model = model.merge_and_unload()

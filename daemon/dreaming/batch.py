@@ -18,7 +18,7 @@ from sqlite_utils import Database
 from dreamd.daemon.dreaming.records import prior_vectors, save_dreams
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.dreams import Dream, dream
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
 from dreamd.daemon.dreaming.training_set import mark_trained, training_set  # noqa: F401  (re-exported for the cycle)
 from dreamd.memory_graph.graph import MemoryGraph
@@ -26,7 +26,7 @@ from dreamd.memory_graph.settings import GraphSettings
 from dreamd.trainers.model_store import LoadedModel, load_model
 from dreamd.trainers.settings import ModelSettings
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 
 def load_judge(signal: SignalSettings, model: ModelSettings, models_dir: Path) -> LoadedModel | None:

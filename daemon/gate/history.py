@@ -17,12 +17,12 @@ from typing import Sequence
 
 from sqlite_utils import Database
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import write
 from dreamd.trainers.checkpoints.pointers import POINTERS, read_pointer, rollback
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 # The `why` of a pointer move, as the report groups them (other values are allowed and shown as-is).
 PROMOTED = "promoted"            # the gate passed a candidate

@@ -26,7 +26,8 @@ import numpy as np
 from sqlite_utils import Database
 
 from dreamd.daemon.config import Config
-from dreamd.daemon.service.logs import get_logger
+from dreamd.trainers.checkpoints.weights import load_as
+import structlog
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.daemon.dreaming.training_set import replay_example
 from dreamd.memory_graph.database.store import blob_vector, vector_blob, write
@@ -34,7 +35,7 @@ from dreamd.trainers.checkpoints.manifest import CheckpointError
 from dreamd.trainers.gate.rules import Decision, EvalSettings, decide, forgetting_per_slice
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 STOPWORDS = frozenset(
     "about after again also been before being could does doing from have here into just like make more most "
@@ -152,18 +153,6 @@ def promoted_history(db: Database) -> list[dict]:
 
 # --- models ----------------------------------------------------------------------------------
 
-def load_as(config: Config, layout: StateLayout, checkpoint: str):
-    """A fresh copy of the base model, with `checkpoint`'s weights when it is not `base`."""
-    from dreamd.trainers.checkpoints import weights as checkpoint_io
-    from dreamd.trainers.model_store import LoadedModel, load_model
-
-    base = load_model(config.model, layout.models)
-    if checkpoint == BASE:
-        return base
-    model = checkpoint_io.load_weights(layout, checkpoint, lambda: base.model)  # verifies first
-    return LoadedModel(model.eval(), base.tokenizer, base.directory)
-
-
 class Evaluator:
     """Evaluations against one suite: the base's are computed once, others cached by suite key."""
 
@@ -172,7 +161,7 @@ class Evaluator:
 
         self.config, self.layout, self.db, self.embed = config, layout, db, embed
         self.suite, self.key = build_suite(db, config.evaluation)
-        base = load_as(config, layout, BASE)
+        base = load_as(config.model, layout.models, layout, BASE)
         cached = self._stored(BASE)
         if cached is None:
             started = time.monotonic()
@@ -193,7 +182,7 @@ class Evaluator:
         if cached is not None:
             return cached[0], cached[1], 0.0
         started = time.monotonic()
-        loaded = load_as(self.config, self.layout, checkpoint)
+        loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
         metrics, fingerprint = self._evaluate(loaded, self.suite, self.embed, self.base, previous)
         return metrics, fingerprint, time.monotonic() - started
 

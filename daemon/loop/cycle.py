@@ -51,13 +51,13 @@ def world(context: dict[str, Any]) -> World:
 
 def dreams(context: dict[str, Any]) -> dict[str, Any]:
     from dreamd.daemon.dreaming.batch import dream_batch, load_judge, summary
-    from dreamd.daemon.gate.judge import load_as
+    from dreamd.trainers.checkpoints.weights import load_as
     from dreamd.memory_graph.graph import MemoryGraph
     from dreamd.trainers.checkpoints.pointers import read_pointer
 
     w = world(context)
     current = read_pointer(w.layout, "current")
-    loaded = load_as(w.config, w.layout, current)  # the model as it is now dreams
+    loaded = load_as(w.config.model, w.layout.models, w.layout, current)  # the model as it is now dreams
     batch = dream_batch(
         w.db, MemoryGraph.load(w.db), loaded, w.embedder, dreams=w.config.dreams, signal=w.config.signal,
         graph_settings=w.config.graph, seed=w.seed,

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 
-log = get_logger("dreamd.child")
+log = structlog.get_logger("dreamd.child")
 
 PR_SET_PDEATHSIG = 1
 TERM_GRACE = 5.0  # after SIGTERM, seconds before SIGKILL
@@ -75,7 +75,7 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str,
         try:
             also_log_to_file(Path(log_path), rotate=False)
         except OSError as exc:  # no log folder (a daemon without one): stderr still has it all
-            get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
+            structlog.get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
     try:
         result = resolve(target)(*args)
         conn.send(("ok", result if isinstance(result, dict) else {"value": result}))

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 
-log = get_logger("dreamd.control")
+log = structlog.get_logger("dreamd.control")
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 4096

@@ -15,9 +15,9 @@ import time
 from typing import Any, Iterator
 
 from dreamd.daemon.service.child import TERM_GRACE, ChildOutcome, run_in_child
-from dreamd.daemon.service.logs import get_logger
+import structlog
 
-log = get_logger("dreamd.service")
+log = structlog.get_logger("dreamd.service")
 
 ABANDON_WAIT = TERM_GRACE + 10  # seconds an abandoned child gets to be gone (SIGKILL comes at TERM_GRACE)
 

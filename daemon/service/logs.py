@@ -66,7 +66,3 @@ def also_log_to_file(path: Path, rotate: bool = True) -> None:
     root = logging.getLogger()
     handler.setFormatter(root.handlers[0].formatter if root.handlers else None)
     root.addHandler(handler)
-
-
-def get_logger(name: str | None = None):
-    return structlog.get_logger(name)

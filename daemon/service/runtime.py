@@ -30,7 +30,9 @@ from dreamd.daemon.service.jobs import ChildJobs, ChildrenBusy
 from dreamd.daemon.config import Config, load_config
 from dreamd.daemon.service.control import ControlError, ControlServer, peer_allowed
 from dreamd.daemon.service.instance_lock import InstanceLock
-from dreamd.daemon.service.logs import also_log_to_file, configure_logging, get_logger
+import structlog
+
+from dreamd.daemon.service.logs import also_log_to_file, configure_logging
 from dreamd.daemon.service.sd_notify import Notifier, watchdog_interval
 from dreamd.daemon.service.state import (
     control_socket, link_socket_into_state, log_file, read_pause, service_file, set_pause, write_json_atomic,
@@ -40,7 +42,7 @@ from dreamd.daemon.loop.stages import Stages
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.daemon.service.status import collect_status, status_line
 
-log = get_logger("dreamd.service")
+log = structlog.get_logger("dreamd.service")
 
 IDLE_TICK = 30.0  # main loop wake-up when systemd wants no watchdog pings
 

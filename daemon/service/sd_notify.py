@@ -16,9 +16,9 @@ import os
 import socket
 import threading
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 
-log = get_logger("dreamd.sd_notify")
+log = structlog.get_logger("dreamd.sd_notify")
 
 NOTIFY_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"

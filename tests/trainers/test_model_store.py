@@ -4,7 +4,9 @@ import logging
 
 import pytest
 
-from dreamd.daemon.service.logs import configure_logging, get_logger
+import structlog
+
+from dreamd.daemon.service.logs import configure_logging
 from dreamd.trainers import model_store
 from dreamd.trainers.generate import chat_reply
 from dreamd.trainers.model_store import ModelLoadError, load_model
@@ -58,7 +60,7 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch, tmp_path):
 
 def test_daemon_logs_are_json_lines(capsys):
     configure_logging("json", "info")
-    get_logger("test").info("ingested", files=3)
+    structlog.get_logger("test").info("ingested", files=3)
     logging.getLogger("transformers").info("library chatter is quietened")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert lines == [{**lines[0], "event": "ingested", "files": 3, "level": "info"}]

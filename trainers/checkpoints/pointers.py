@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dreamd.daemon.service.logs import get_logger
+import structlog
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.trainers.atomic import fsync_path
 from dreamd.trainers.checkpoints.manifest import (
@@ -28,7 +28,7 @@ from dreamd.trainers.checkpoints.manifest import (
     verify_checkpoint,
 )
 
-log = get_logger(__name__)
+log = structlog.get_logger(__name__)
 
 BASE = "base"
 POINTERS = ("current", "last_good")

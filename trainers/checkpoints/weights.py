@@ -61,15 +61,16 @@ def load_weights(layout: StateLayout, checkpoint_id: str, base_model_factory, tr
     return load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
 
 
-def load_model_for(layout: StateLayout, wanted: str, base_model_factory, trainable: bool = False):
-    """(model, id loaded): `wanted` if it verifies, else its nearest verified ancestor / last_good /
-    the base model, as `lineage.resolve` decides (each refusal logged with the file at fault)."""
-    from dreamd.trainers.checkpoints.pointers import resolve
+def load_as(settings, models_dir: Path, layout, checkpoint: str):
+    """A LoadedModel: a fresh copy of the base model `settings` name, with `checkpoint`'s weights
+    when it is not `base` (verified first). The one way every stage loads a checkpoint to use it."""
+    from dreamd.trainers.model_store import LoadedModel, load_model
 
-    chosen, _errors = resolve(layout, wanted)
-    if chosen == BASE:
-        return base_model_factory(), BASE
-    return load_weights(layout, chosen, base_model_factory, trainable=trainable), chosen
+    base = load_model(settings, models_dir)
+    if checkpoint == BASE:
+        return base
+    model = load_weights(layout, checkpoint, lambda: base.model)
+    return LoadedModel(model.eval(), base.tokenizer, base.directory)
 
 
 # --- optimizer state -------------------------------------------------------------------------
@@ -135,14 +136,3 @@ def load_rng(folder: Path, generator: torch.Generator) -> None:
 def _jsonable(value):
     return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
 
-
-def checkpoint_files_ok(layout: StateLayout, checkpoint_id: str) -> Path:
-    """The folder of a checkpoint that verifies (raises CheckpointError otherwise)."""
-    verify_checkpoint(layout.checkpoints, checkpoint_id)
-    return checkpoint_dir(layout.checkpoints, checkpoint_id)
-
-
-def load_checkpoint(layout: StateLayout, checkpoint_id: str, base_model_factory, trainable: bool = False):
-    """The API the daemon and the quality gate use: (model, id actually loaded) for `checkpoint_id`
-    or `base`, falling back as `lineage.resolve` says when it does not verify."""
-    return load_model_for(layout, checkpoint_id, base_model_factory, trainable=trainable)

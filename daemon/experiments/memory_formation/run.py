@@ -121,10 +121,10 @@ class Measurer:
 
     def __call__(self, checkpoint: str) -> dict:
         from dreamd.daemon.experiments.memory_formation.measure import measure
-        from dreamd.daemon.gate.judge import load_as
+        from dreamd.trainers.checkpoints.weights import load_as
 
         if checkpoint not in self.cache:
-            self.cache[checkpoint] = measure(load_as(self.config, self.layout, checkpoint), self.probes)
+            self.cache[checkpoint] = measure(load_as(self.config.model, self.layout.models, self.layout, checkpoint), self.probes)
         return self.cache[checkpoint]
 
 

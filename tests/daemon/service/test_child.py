@@ -17,9 +17,9 @@ def explode():
 
 
 def say_hello():
-    from dreamd.daemon.service.logs import get_logger
+    import structlog
 
-    get_logger("test").info("hello from the child", where="child")
+    structlog.get_logger("test").info("hello from the child", where="child")
     return {}
 
 
