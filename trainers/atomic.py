@@ -1,7 +1,9 @@
-"""Publishing a directory so that readers see all of it or none of it.
+"""Writing files and directories so that readers see all of it or none of it.
 
-Write into `<name>.tmp/`, fsync every file, rename to `<name>/`, fsync the parent. A crash at any
-point leaves either no `<name>/` or a complete one; a leftover `.tmp/` is garbage to remove.
+A file: write `.<name>.<pid>.tmp` beside it, fsync, `os.replace`, fsync the folder. A directory:
+write into `<name>.tmp/`, fsync every file, rename to `<name>/`, fsync the parent. A crash at any
+point leaves the old version or the new one whole; a leftover temporary is garbage to remove.
+This is the one place the daemon and the trainers write a file atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync_path(Path(folder) / name)
         fsync_path(Path(folder))
+
+
+def write_atomically(path: Path, data: bytes | str, durable: bool = True) -> None:
+    """Replace `path` with `data` in one step. `durable=False` skips the fsyncs: still atomic for
+    readers, but a power loss may bring back the old version (fine for status files)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves no orphan behind
+        raise
+    if durable:
+        fsync_path(path.parent)
 
 
 def staging_dir(final: Path) -> Path:
