@@ -33,7 +33,10 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/dreamctl demo
 
+# Lint first: ruff, then lint-imports (the libraries import no daemon code, nor each other).
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The memory-formation experiment (README): under an hour on two CPU cores; EXPERIMENT_ARGS passes

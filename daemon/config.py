@@ -2,8 +2,9 @@
 
 The file has one table per component (`[model]`, `[embedder]`, ...), each mapped onto that
 component's settings dataclass. Every key has a default, so an empty or missing file is valid.
-Values are checked twice: here for their TOML type, then by the dataclass for their range; either
-way the error names the full key (`model.device`) and what is allowed.
+Values are checked twice: here for their TOML type, then by the dataclass for their range (it
+raises a plain ValueError `<key>: ...`, made a ConfigError here); either way the error names the
+full key (`model.device`) and what is allowed.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from typing import Any
 
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.service.settings import DaemonSettings, LoggingSettings
-from dreamd.daemon.service.settings_base import ConfigError, help_of
 from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
-from dreamd.trainers.gate.rules import EvalSettings, GateSettings
-from dreamd.trainers.settings import ModelSettings, TrainingSettings
+from dreamd.trainers.settings import EvalSettings, GateSettings, ModelSettings, TrainingSettings, help_of
 
 CONFIG_ENV = "DREAMD_CONFIG"
 SEARCH_PATH = (Path("dreamd.toml"), Path("/etc/dreamd/dreamd.toml"))
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used. `key` is the dotted config key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+    def within(self, section: str) -> ConfigError:
+        """The same error with the section prefixed to the key (`device` -> `model.device`)."""
+        return ConfigError(f"{section}.{self.key}" if self.key else section, self.message)
 
 
 @dataclass
@@ -108,7 +120,20 @@ def _build_section(cls: type, table: dict[str, Any]) -> Any:
             raise ConfigError(key, "is not a known key (known: " + ", ".join(sorted(known)) + ")")
         _check_type(key, value, hints[key])
     values = {k: float(v) if hints[k] is float else v for k, v in table.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise _named(exc, known) from None
+
+
+def _named(exc: ValueError, known: set[str]) -> ConfigError:
+    """A section's dataclass rejects a value as `<key>: <message>` (a plain ValueError: the
+    components know nothing of config files); here it becomes a ConfigError on that key, and the
+    caller adds the section. A message naming no field of the section is kept whole, on the section."""
+    key, sep, message = str(exc).partition(": ")
+    if sep and key in known:
+        return ConfigError(key, message)
+    return ConfigError("", str(exc))
 
 
 def _check_type(key: str, value: Any, expected: Any) -> None:

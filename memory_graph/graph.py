@@ -14,8 +14,8 @@ import networkx as nx
 import numpy as np
 from sqlite_utils import Database
 
-from dreamd.memory_graph.settings import GraphSettings
 from dreamd.memory_graph.database.store import blob_vector
+from dreamd.memory_graph.settings import GraphSettings
 from dreamd.memory_graph.walks import CSR, draw_collision
 
 
@@ -84,7 +84,7 @@ class MemoryGraph:
             self._snapshot = None
 
     @classmethod
-    def load(cls, db: Database) -> "MemoryGraph":
+    def load(cls, db: Database) -> MemoryGraph:
         graph = cls()
         graph.refresh(db)
         return graph

@@ -7,9 +7,10 @@
 A rename within one file system is atomic, so a file is always in exactly one folder and two
 ingesters cannot both claim it: the loser's rename fails. While a file is worked on, its ingester
 holds an flock on it; the kernel drops the lock when that process dies, so what is in
-processing/ unlocked is a crash leftover, and a live ingester's files are never run twice. Names starting with "." and everything
-in tmp/ are never read. Moves out of processing/ need no directory fsync: if one is lost in a
-crash the file reappears in processing/, is run again, and its sha256 is already in the database.
+processing/ unlocked is a crash leftover, and a live ingester's files are never run twice.
+Names starting with "." and everything in tmp/ are never read. Moves out of processing/ need no
+directory fsync: if one is lost in a crash the file reappears in processing/, is run again, and
+its sha256 is already in the database.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.settings import InboxSettings
-from dreamd.trainers.atomic import fsync_path
+
+FOLDERS = ("tmp", "new", "processing", "done", "quarantine")
 
 
 @dataclass
@@ -50,11 +51,11 @@ class Claimed:
 
 
 class Inbox:
-    def __init__(self, layout: StateLayout, settings: InboxSettings):
+    def __init__(self, folder: Path, settings: InboxSettings):
+        """`folder` holds the maildir folders (created here when missing): tmp, new, processing,
+        done and quarantine."""
         self.settings = settings
-        self.tmp, self.new, self.processing, self.done, self.quarantined = (
-            layout.inbox_folder(name) for name in ("tmp", "new", "processing", "done", "quarantine")
-        )
+        self.tmp, self.new, self.processing, self.done, self.quarantined = (folder / name for name in FOLDERS)
         for folder in (self.tmp, self.new, self.processing, self.done, self.quarantined):
             folder.mkdir(mode=0o750, parents=True, exist_ok=True)
 
@@ -64,10 +65,10 @@ class Inbox:
         staged = self.tmp / f"{source.name}.{os.getpid()}.{secrets.token_hex(4)}"
         # copy2 keeps the source's mtime, so an old log is stable at once; a fresh one waits.
         shutil.copy2(source, staged)
-        fsync_path(staged)
+        _fsync(staged)
         target = _free_name(self.new, source.name)
         os.rename(staged, target)
-        fsync_path(self.new)
+        _fsync(self.new)
         return target
 
     # -- the ingester ----------------------------------------------------------------------
@@ -142,9 +143,19 @@ class Inbox:
                   "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **details}
         staged = self.quarantined / f".{target.name}.error.json.tmp"
         staged.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        fsync_path(staged)
+        _fsync(staged)
         os.rename(staged, self.quarantined / f"{target.name}.error.json")
         return _move_no_replace(path, self.quarantined, target.name)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk: a rename is durable only once the
+    folder is synced. (Kept here, not shared: this package depends on no other dreamd package.)"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _locked(path: Path) -> int | None:

@@ -10,24 +10,23 @@ nothing or everything committed; the re-run tells which by the file's sha256.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import structlog
 from sqlite_utils import Database
 
-import structlog
-from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.formats.parse import parse_bytes
+from dreamd.memory_graph.formats.records import Parsed, ParseError
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.inbox import Claimed, Inbox
 from dreamd.memory_graph.memories import PlannedConversation, PlannedNode, plan_conversations, plan_nodes
 from dreamd.memory_graph.progress import LogProgress, Progress
-from dreamd.memory_graph.formats.records import ParseError, Parsed
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
-from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.writer import Conflict, Duplicate, commit_file
 
 log = structlog.get_logger("dreamd.ingest")
@@ -68,14 +67,17 @@ class IngestReport:
 
 
 class Ingester:
-    def __init__(self, layout: StateLayout, embedder: TextEmbedder, inbox: InboxSettings, graph: GraphSettings,
-                 db: Database | None = None, memory: MemoryGraph | None = None):
+    def __init__(self, inbox_dir: Path, database: Path, embedder: TextEmbedder, inbox: InboxSettings,
+                 graph: GraphSettings, db: Database | None = None, memory: MemoryGraph | None = None):
+        """`inbox_dir` holds the inbox's maildir folders; `database` is the SQLite file, opened here
+        unless `db` is given (open on that file) already."""
         self.embedder = embedder
         self.inbox_settings, self.graph_settings = inbox, graph
-        self.inbox = Inbox(layout, inbox)
-        self.db = db if db is not None else open_store(layout.database)
+        self.inbox = Inbox(inbox_dir, inbox)
+        self.db = db if db is not None else open_store(database)
         self.graph = memory if memory is not None else MemoryGraph.load(self.db)
-        self.model_name = str(getattr(embedder, "name", None) or getattr(getattr(embedder, "directory", None), "name", "embedder"))
+        self.model_name = str(getattr(embedder, "name", None)
+                              or getattr(getattr(embedder, "directory", None), "name", "embedder"))
         self._recovered = False
 
     def drain(self, progress: Progress | None = None, trusted: frozenset[str] = frozenset()) -> IngestReport:
@@ -127,7 +129,8 @@ class Ingester:
         name = claimed.path.name
         limit = self.inbox_settings.max_file_bytes
         if claimed.size > limit:
-            return self._quarantine(claimed, report, f"the file is {claimed.size} bytes, over inbox.max_file_bytes ({limit})")
+            return self._quarantine(claimed, report,
+                                    f"the file is {claimed.size} bytes, over inbox.max_file_bytes ({limit})")
         data = claimed.read()
         sha = hashlib.sha256(data).hexdigest()
         first = self.db.execute("SELECT name FROM sources WHERE sha256 = ?", (sha,)).fetchone()
@@ -139,7 +142,8 @@ class Ingester:
             return self._quarantine(claimed, report, exc.reason, exc.where, sha256=sha, bytes=len(data))
         except Exception as exc:  # a parser bug must not stop the daemon; the file waits in quarantine
             log.exception("ingest.parser_bug", file=name)
-            return self._quarantine(claimed, report, f"internal error while parsing: {exc!r}", sha256=sha, bytes=len(data))
+            return self._quarantine(claimed, report, f"internal error while parsing: {exc!r}",
+                                    sha256=sha, bytes=len(data))
         conversations = plan_conversations(parsed)
         stored = self._stored_shas([m.sha256 for c in conversations for m in c.messages])
         duplicates = 0
@@ -171,7 +175,7 @@ class Ingester:
         for prepared in batch:
             own = vectors[offset: offset + len(prepared.nodes)]
             offset += len(prepared.nodes)
-            for attempt in range(3):
+            for _attempt in range(3):
                 try:
                     written = commit_file(self.db, self.graph, prepared, own, self.graph_settings, self.model_name)
                     break
@@ -216,17 +220,12 @@ class Ingester:
         self.inbox.finish(claimed)
         return None
 
-    def _quarantine(self, claimed: Claimed, report: IngestReport, reason: str, where: str | None = None, **details) -> None:
+    def _quarantine(
+        self, claimed: Claimed, report: IngestReport, reason: str, where: str | None = None, **details
+    ) -> None:
         report.quarantined += 1
         target = self.inbox.quarantine(claimed, reason, where, **details)
         report.outcomes.append({"file": claimed.path.name, "status": "quarantined", "reason": reason, "where": where})
         log.warning("ingest.quarantined", file=claimed.path.name, quarantined_as=target and target.name,
                     reason=reason, where=where)
         return None
-
-
-def sources_summary(db: Database) -> list[dict]:
-    return [
-        {**row, "skip_reasons": json.loads(row["skip_reasons"])}
-        for row in db.query("SELECT * FROM sources ORDER BY id")
-    ]

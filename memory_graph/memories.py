@@ -66,7 +66,7 @@ def conversation_key(fmt: str, conversation: Conversation) -> str:
 
 
 def message_sha(key: str, seq: int, role: str, text: str) -> str:
-    return hashlib.sha256(f"{key}\x1f{seq}\x1f{role}\x1f{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{key}\x1f{seq}\x1f{role}\x1f{text}".encode()).hexdigest()
 
 
 def plan_conversations(parsed: Parsed) -> list[PlannedConversation]:

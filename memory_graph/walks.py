@@ -33,7 +33,7 @@ class CSR:
         return len(self.indices)
 
     @classmethod
-    def from_edges(cls, n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> "CSR":
+    def from_edges(cls, n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> CSR:
         """From undirected edges (each pair once); parallel edges between a pair add up."""
         import scipy.sparse as sp
 
@@ -48,7 +48,7 @@ class CSR:
         return cls.from_scipy(matrix)
 
     @classmethod
-    def from_scipy(cls, matrix) -> "CSR":
+    def from_scipy(cls, matrix) -> CSR:
         indptr = matrix.indptr.astype(np.int64)
         cumulative = np.cumsum(matrix.data, dtype=np.float64)
         padded = np.concatenate([[0.0], cumulative])

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from sqlite_utils import Database
 
+from dreamd.memory_graph.database.store import vector_blob, write
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.memories import knn_edges, structural_edges
 from dreamd.memory_graph.settings import GraphSettings
-from dreamd.memory_graph.database.store import vector_blob, write
 
 
 class Duplicate(Exception):

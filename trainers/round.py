@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 import structlog
-from dreamd.daemon.service.state_dir import StateLayout
+import torch
+
 from dreamd.trainers.checkpoints import weights as io
 from dreamd.trainers.checkpoints.manifest import Manifest, checkpoint_dir, new_checkpoint_id, write_checkpoint
+from dreamd.trainers.checkpoints.pointers import BASE, CheckpointRoots, apply_retention, verify_loadable
 from dreamd.trainers.context_frozen import loss_step
 from dreamd.trainers.examples import EncodedExample, TrainingExample, encode_examples
-from dreamd.trainers.checkpoints.pointers import BASE, apply_retention, verify_loadable
 from dreamd.trainers.model_store import LoadedModel
 from dreamd.trainers.settings import TrainingSettings
 from dreamd.trainers.update_modes import (
@@ -107,7 +106,7 @@ class Trainer:
         self.model.eval()
         return self
 
-    def save(self, layout: StateLayout, on_phase=None) -> str:
+    def save(self, layout: CheckpointRoots, on_phase=None) -> str:
         applied = [r.loss for r in self.history if r.applied]
         manifest = Manifest(
             id=new_checkpoint_id(), parent=None if self.parent == BASE else self.parent, step=self.step,
@@ -130,12 +129,16 @@ class Trainer:
         return manifest.id
 
 
-def start_trainer(loaded: LoadedModel, settings: TrainingSettings, layout: StateLayout, parent_id: str = BASE) -> Trainer:
+def start_trainer(
+    loaded: LoadedModel, settings: TrainingSettings, layout: CheckpointRoots, parent_id: str = BASE
+) -> Trainer:
     """Everything a round needs, restored from `parent_id` (a verified checkpoint, or `base`)."""
     parent_id = parent_id or BASE
     manifest = verify_loadable(layout, parent_id) if parent_id != BASE else None
     generator = torch.Generator().manual_seed(settings.seed)
-    base_factory = lambda: loaded.model  # noqa: E731  (taken over, see the module's docstring)
+    def base_factory():  # `loaded.model` itself: taken over, see the module's docstring
+        return loaded.model
+
     base_weights = None
     same_kind = manifest is not None and manifest.mode == settings.mode
 
@@ -172,7 +175,7 @@ def train_round(
     loaded: LoadedModel,
     examples: list[TrainingExample],
     settings: TrainingSettings,
-    layout: StateLayout,
+    layout: CheckpointRoots,
     parent_id: str = BASE,
     on_step: Callable[[int, StepResult], None] | None = None,
     on_phase: Callable[[str], None] | None = None,

@@ -5,11 +5,15 @@ only files."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
 
 from dreamd.daemon.cli.common import emit, json_option
+from dreamd.daemon.cli.service import EXIT_DENIED, CommandFailed, ask_daemon
+from dreamd.daemon.service.control import DaemonUnavailable, user_label
+from dreamd.daemon.service.instance_lock import AlreadyRunning
 
 
 @click.command("checkpoints")
@@ -50,10 +54,8 @@ def rollback_cmd(obj, checkpoint_id: str | None, to_base: bool, as_json: bool):
     the rollback; it needs root, the daemon's user or the control group); when dreamd is down,
     dreamctl does it itself under the daemon's instance lock.
     """
-    from dreamd.daemon.cli.service import EXIT_DENIED, CommandFailed, _ask
-    from dreamd.daemon.service.control import DaemonUnavailable
-    from dreamd.daemon.service.instance_lock import AlreadyRunning
-    from dreamd.daemon.gate.rollback import roll_back_offline
+    # Here, not at the top: dreamctl imports this module at start, and its other commands need none of it.
+    from dreamd.daemon.gate.history import roll_back_offline
     from dreamd.trainers.checkpoints.manifest import CheckpointError
     from dreamd.trainers.checkpoints.pointers import BASE
 
@@ -64,12 +66,13 @@ def rollback_cmd(obj, checkpoint_id: str | None, to_base: bool, as_json: bool):
     args = {"to_base": True} if to_base else {"checkpoint": checkpoint_id} if checkpoint_id else {}
     try:
         # Abandoning a running cycle takes up to its child's SIGTERM grace: wait longer than that.
-        result = {**_ask(layout, "rollback", args, timeout=30.0), "via": "daemon"}
+        result = {**ask_daemon(layout, "rollback", args, timeout=30.0), "via": "daemon"}
     except DaemonUnavailable:
         if not layout.root.is_dir():
             raise click.ClickException(f"no state dir at {layout.root}") from None
         try:
-            result = roll_back_offline(layout, BASE if to_base else checkpoint_id)
+            by = f"dreamctl {user_label(os.getuid())}"
+            result = roll_back_offline(layout, BASE if to_base else checkpoint_id, by)
         except (CheckpointError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         except AlreadyRunning as exc:

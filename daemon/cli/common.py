@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
-from dreamd.daemon.config import Config, load_config
-from dreamd.daemon.service.settings_base import ConfigError
+from dreamd.daemon.config import Config, ConfigError, load_config
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # also click's exit code for a usage error
 
@@ -21,7 +18,7 @@ class ConfigProblem(click.ClickException):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, error: ConfigError):
+    def __init__(self, error: ValueError):  # a ConfigError, ModelLoadError or EmbedderLoadError: `key: message`
         super().__init__(f"config error: {error}")
 
 
@@ -48,25 +45,30 @@ state_dir_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 
 
+def json_text(value: Any) -> str:
+    """The one JSON encoding of what the CLI prints: anything JSON has no type for (a path, a
+    datetime) as its str(), so a new field of an odd type never crashes a --json command."""
+    return json.dumps(value, default=str)
+
+
+def echo_json(data: Any) -> None:
+    """A --json output: one JSON document on one line of stdout (logs and progress go to stderr)."""
+    click.echo(json_text(data))
+
+
 def emit(data: dict[str, Any], as_json: bool) -> None:
     """Print `data` as JSON, or as aligned `key  value` lines for people."""
     if as_json:
-        click.echo(json.dumps(data, default=_jsonable, sort_keys=False))
+        echo_json(data)
         return
     width = max((len(k) for k in data), default=0)
     for key, value in data.items():
         click.echo(f"{key.ljust(width)}  {_human(value)}")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
 def _human(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, default=_jsonable)
+        return json_text(value)
     return str(value)

@@ -16,27 +16,26 @@ The demo reads the database while the daemon writes it (WAL: readers never block
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from dreamd.daemon.config import Config, render_config
 from dreamd.daemon.service.control import ControlError, DaemonUnavailable, request
+from dreamd.daemon.service.process import DreamdProcess
 from dreamd.daemon.service.state import control_socket
 from dreamd.daemon.service.state_dir import StateLayout
 
 QUESTION = "What is the name of our internal metrics dashboard?"
 COLLISION_SEED = 7
 POLL = 0.5  # seconds between looks at the daemon while waiting
+READY_TIMEOUT = 120  # seconds a daemon the demo started gets to answer `ping` out of its start phase
 PROGRESS_EVERY = 15.0  # seconds between "still ..." lines
 # What the cycle's child logs as it passes each step (in the daemon's stderr), said in words.
 STEP_EVENTS = {"dreams scored and stored": "dreams played out and judged by the signal agent",
@@ -71,9 +70,9 @@ def run_demo(config: Config, layout: StateLayout, say: Say, dreams: int = 8) -> 
         summary.update(explore(config, layout, loaded, say))
         summary["cycle"] = run_one_cycle(daemon, dreams, say) if dreams else None
         summary["status"] = show_status(daemon, say)
-        summary["daemon"] = {"pid": daemon.pid, "started_by_demo": daemon.proc is not None}
-    if daemon.proc is not None:
-        summary["daemon"]["exit_code"] = daemon.proc.returncode
+        summary["daemon"] = {"pid": daemon.pid, "started_by_demo": daemon.started_by_demo}
+    if daemon.process is not None:
+        summary["daemon"]["exit_code"] = daemon.process.returncode
     return summary
 
 
@@ -86,13 +85,16 @@ class Daemon:
     def __init__(self, config: Config, layout: StateLayout, say: Say, dreams: int):
         self.config, self.layout, self.say, self.dreams = config, layout, say, dreams
         self.socket = control_socket(layout)
-        self.proc: subprocess.Popen | None = None
+        self.process: DreamdProcess | None = None  # set only when the demo started it
         self.pid: int | None = None
         self.log_path = layout.root / "logs" / "demo-dreamd.log"
-        self._log_offset = 0
         self._tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> "Daemon":
+    @property
+    def started_by_demo(self) -> bool:
+        return self.process is not None
+
+    def __enter__(self) -> Daemon:
         try:
             self.pid = self.ask("ping")["pid"]
             self.say(f"dreamd: already running on {self.layout.root} (pid {self.pid}); using it as it is"
@@ -117,16 +119,12 @@ class Daemon:
             raw["dreams"]["per_cycle"] = self.dreams  # --dreams, as a config override for the daemon
         config_file = Path(self._tmp.name) / "dreamd.toml"
         config_file.write_text(render_config(raw), encoding="utf-8")
-        self.log_path.parent.mkdir(mode=0o750, exist_ok=True)
+        # Not under the caller's systemd, if any: this dreamd must not speak for the caller's unit.
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            # Same process group: a Ctrl-C in the terminal reaches dreamd too, which stops on SIGINT.
-            self.proc = subprocess.Popen(
-                [*dreamd_command(), "--config", str(config_file), "--state-dir", str(self.layout.root)],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        self.pid = self.proc.pid
-        deadline = time.monotonic() + 120
+        self.process = DreamdProcess(["--config", str(config_file), "--state-dir", str(self.layout.root)],
+                                     self.log_path, env=env).start()
+        self.pid = self.process.pid
+        deadline = time.monotonic() + READY_TIMEOUT
         while True:  # READY comes after its first inbox scan; the socket answers before
             self.check_alive()
             try:
@@ -135,7 +133,7 @@ class Daemon:
             except DaemonUnavailable:
                 pass
             if time.monotonic() > deadline:
-                raise DemoError(f"dreamd did not get ready in 120 s; its log: {self.log_path}")
+                raise DemoError(f"dreamd did not get ready in {READY_TIMEOUT} s; its log: {self.log_path}")
             time.sleep(0.2)
         self.say(f"dreamd: started on {self.layout.root} (pid {self.pid}), as `dreamd --state-dir "
                  f"{self.layout.root}` would run; its log lines go to {self.log_path}")
@@ -144,61 +142,25 @@ class Daemon:
         return request(self.socket, cmd, args, timeout=10.0)
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"dreamd exited with code {self.proc.returncode}; its log: {self.log_path}\n"
-                            + tail(self.log_path))
+        """DaemonExited if our daemon died; a daemon the demo did not start is not watched."""
+        if self.process is not None:
+            self.process.check_alive()
 
     def new_events(self) -> list[str]:
         """Events our daemon (and its cycle's child) logged since the last call."""
-        if self.proc is None:
-            return []
-        try:
-            with open(self.log_path, "rb") as handle:
-                handle.seek(self._log_offset)
-                data = handle.read()
-        except OSError:
-            return []
-        complete = data.rfind(b"\n") + 1
-        self._log_offset += complete
-        events = []
-        for line in data[:complete].splitlines():
-            try:
-                events.append(json.loads(line)["event"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return events
+        return self.process.new_events() if self.process is not None else []
 
     def stop(self) -> None:
         """SIGTERM our daemon and wait for it (SIGKILL if it will not go); never the user's."""
-        proc, self.proc = self.proc, None
         try:
-            if proc is not None and proc.poll() is None:
+            if self.process is not None and self.process.running():
                 self.say("dreamd: stopping it (SIGTERM)")
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=self.config.daemon.stop_timeout_seconds + 15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                self.say(f"dreamd: stopped (exit code {proc.returncode})")
+                code = self.process.stop(timeout=self.config.daemon.stop_timeout_seconds + 15)
+                self.say(f"dreamd: stopped (exit code {code})")
         finally:
-            self.proc = proc  # keep it for the exit code
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
-
-
-def dreamd_command() -> list[str]:
-    """The `dreamd` beside this Python (the venv's script), else the module itself."""
-    script = Path(sys.executable).with_name("dreamd")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "dreamd.daemon.cli.dreamd"]
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -206,14 +168,14 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def ingest_samples(daemon: Daemon, config: Config, layout: StateLayout, say: Say) -> dict:
     """Drop the sample logs the safe way, wait for the daemon to ingest them, say what it made."""
-    from dreamd.memory_graph.inbox import Inbox
     from dreamd.memory_graph.database.store import open_store
+    from dreamd.memory_graph.inbox import Inbox
 
     db = open_store(layout.database)
     files = sample_files()
     hashes = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
     known = {sha: name for sha, name in db.execute("SELECT sha256, name FROM sources").fetchall()}
-    inbox = Inbox(layout, config.inbox)
+    inbox = Inbox(layout.inbox, config.inbox)
     dropped = {path.name: inbox.drop(path).name for path in files}
     say(f"inbox: dropped {len(files)} sample logs into {inbox.new} (copied into tmp/, renamed into new/); "
         "dreamd notices them within daemon.inbox_poll_seconds")
@@ -255,9 +217,9 @@ def ingest_samples(daemon: Daemon, config: Config, layout: StateLayout, say: Say
 
 def explore(config: Config, layout: StateLayout, loaded, say: Say) -> dict:
     """The graph the daemon built, a few collisions, and the question with and without memory."""
+    from dreamd.memory_graph.database.store import open_store
     from dreamd.memory_graph.embedder import Embedder
     from dreamd.memory_graph.graph import MemoryGraph
-    from dreamd.memory_graph.database.store import open_store
     from dreamd.trainers.generate import chat_reply
 
     db = open_store(layout.database)
@@ -305,8 +267,8 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
         say(f"dream cycle: not started: {exc.message}")
         return None
     say(f"dream cycle: {'already running; following it' if answer.get('already_running') else 'started'} "
-        f"(dreamctl dream --now): {dreams if daemon.proc else 'its configured number of'} dreams -> signal agent "
-        "-> training round -> quality gate (a few minutes on two CPU cores)")
+        f"(dreamctl dream --now): {dreams if daemon.started_by_demo else 'its configured number of'} dreams "
+        "-> signal agent -> training round -> quality gate (a few minutes on two CPU cores)")
     started, said, activity = time.monotonic(), time.monotonic(), "dreaming"
     daemon.new_events()  # only what the cycle logs from here on
     while True:

@@ -7,14 +7,14 @@ import click
 from dreamd.daemon.cli.common import (
     ConfigProblem,
     config_option,
+    echo_json,
     emit,
     json_option,
     read_config,
     state_dir_option,
 )
-from dreamd.daemon.config import render_example
+from dreamd.daemon.config import ConfigError, render_example
 from dreamd.daemon.service.logs import configure_logging
-from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
 
 
@@ -56,7 +56,7 @@ def config_cmd(obj: Context, example: bool, as_json: bool):
     config = obj.config()
     data = {"config_file": str(config.source or "(none found: defaults)"), "state_dir": str(obj.layout().root)}
     if as_json:
-        emit({**data, **config.to_dict()}, as_json=True)
+        echo_json({**data, **config.to_dict()})
         return
     flat = {f"{s}.{k}": v for s, section in config.to_dict().items() for k, v in section.items()}
     emit({**data, **flat}, as_json=False)
@@ -67,15 +67,15 @@ def config_cmd(obj: Context, example: bool, as_json: bool):
 @click.pass_obj
 def prepare(obj: Context, as_json: bool):
     """Make the configured model and embedder ready to load (converts the embedded GGUF once)."""
-    from dreamd.memory_graph.embedder import Embedder
-    from dreamd.trainers.model_store import resolve_model_dir
+    from dreamd.memory_graph.embedder import Embedder, EmbedderLoadError
+    from dreamd.trainers.model_store import ModelLoadError, resolve_model_dir
 
     config = obj.config()
     layout = obj.layout().ensure()
     try:
         model_dir = resolve_model_dir(config.model, layout.models)
         embedder = Embedder(config.embedder)
-    except ConfigError as exc:
+    except (ModelLoadError, EmbedderLoadError) as exc:
         raise ConfigProblem(exc) from None
     emit({"model_dir": str(model_dir), "embedder_dir": str(embedder.directory),
           "embedding_dimension": embedder.dimension}, as_json)
@@ -89,12 +89,12 @@ def prepare(obj: Context, as_json: bool):
 def ask(obj: Context, question: str, max_new_tokens: int, as_json: bool):
     """Ask the model one question (greedy decoding, its own chat template)."""
     from dreamd.trainers.generate import chat_reply
-    from dreamd.trainers.model_store import load_model
+    from dreamd.trainers.model_store import ModelLoadError, load_model
 
     config = obj.config()
     try:
         loaded = load_model(config.model, obj.layout().ensure().models)
-    except ConfigError as exc:
+    except ModelLoadError as exc:
         raise ConfigProblem(exc) from None
     answer = chat_reply(loaded, [{"role": "user", "content": question}], max_new_tokens=max_new_tokens)
     emit({"question": question, "answer": answer, "model_dir": str(loaded.directory)}, as_json)
@@ -110,22 +110,26 @@ def demo(obj: Context, dreams: int, as_json: bool):
     training round, quality gate) and the status. Starts dreamd on the state dir and stops it at
     the end (or uses, and leaves running, the one already there)."""
     from dreamd.daemon.cli.demo import DemoError, run_demo
+    from dreamd.daemon.service.process import DaemonExited
+    from dreamd.memory_graph.embedder import EmbedderLoadError
+    from dreamd.trainers.model_store import ModelLoadError
 
     config = obj.config()
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
         summary = run_demo(config, obj.layout(), say, dreams=dreams)
-    except ConfigError as exc:
+    except (ConfigError, ModelLoadError, EmbedderLoadError) as exc:
         raise ConfigProblem(exc) from None
-    except DemoError as exc:
+    except (DemoError, DaemonExited) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        emit(summary, as_json=True)
+        echo_json(summary)
 
 
 # Each stage's commands live in their own module (importing no torch at module level, so that
 # `dreamctl status` stays fast) and are added to the group here.
-from dreamd.daemon.cli import service as cli_service  # noqa: E402  (service: status, pause, resume, dream, reload, logs)
+# service: status, pause, resume, dream, reload, logs
+from dreamd.daemon.cli import service as cli_service  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(cli_service.status)
 main.add_command(cli_service.pause)
@@ -134,24 +138,24 @@ main.add_command(cli_service.dream)
 main.add_command(cli_service.reload)
 main.add_command(cli_service.logs)
 
-from dreamd.daemon.cli.checkpoints import checkpoints_cmd, rollback_cmd  # noqa: E402
+from dreamd.daemon.cli.checkpoints import checkpoints_cmd, rollback_cmd  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(checkpoints_cmd)
 main.add_command(rollback_cmd)
 
-from dreamd.daemon.cli.ingest import ingest_cmd  # noqa: E402
+from dreamd.daemon.cli.ingest import ingest_cmd  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(ingest_cmd)
 
-from dreamd.daemon.cli.review_export import export, review  # noqa: E402
+from dreamd.daemon.cli.review_export import export, review  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(review)
 main.add_command(export)
 
-from dreamd.daemon.cli.report import report  # noqa: E402
+from dreamd.daemon.cli.report import report  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(report)
 
-from dreamd.daemon.cli.experiment import experiment  # noqa: E402
+from dreamd.daemon.cli.experiment import experiment  # noqa: E402  (added to `main`, defined above)
 
 main.add_command(experiment)

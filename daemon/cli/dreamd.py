@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
-
-from dreamd.daemon.cli.common import EXIT_FAILURE, config_option, emit, read_config, state_dir_option
 import structlog
 
+from dreamd.daemon.cli.common import EXIT_FAILURE, config_option, emit, read_config, state_dir_option
 from dreamd.daemon.service.logs import configure_logging
 from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
+
+if TYPE_CHECKING:
+    from dreamd.daemon.loop import Stages
 
 EXIT_ALREADY_RUNNING = 3
 
@@ -41,9 +45,9 @@ def main(config_path: str | None, state_dir: str | None, check_config: bool, sta
         emit({"config_file": str(config.source or "(defaults)"), "state_dir": str(resolve_state_dir(state_dir)),
               **config.to_dict()}, as_json=True)
         return
+    # Here, not at the top: `--check-config` (and `--help`) answer without the service's imports.
     from dreamd.daemon.service.instance_lock import AlreadyRunning
     from dreamd.daemon.service.runtime import Service
-    from dreamd.daemon.loop.stages import load_stages
 
     log = structlog.get_logger("dreamd")
     try:
@@ -61,6 +65,22 @@ def main(config_path: str | None, state_dir: str | None, check_config: bool, sta
         # TimeoutStopSec). Children are gone and files are written by rename, so leave now.
         logging.shutdown()
         os._exit(code)
+
+
+def load_stages(spec: str | None) -> Stages:
+    """The default stages, or those a `module:factory` (`--stages`) returns: tests and experiments
+    run the real daemon on scripted fakes that way."""
+    from dreamd.daemon.loop import Stages, default_stages
+
+    if not spec:
+        return default_stages()
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--stages expects module:factory, got {spec!r}")
+    stages = getattr(importlib.import_module(module), name)()
+    if not isinstance(stages, Stages):
+        raise TypeError(f"{spec} returned {type(stages).__name__}, not Stages")
+    return stages
 
 
 if __name__ == "__main__":  # `python -m dreamd.daemon.cli.dreamd`, where no `dreamd` script is installed

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from dreamd.daemon.cli.common import ConfigProblem, emit, json_option
-from dreamd.daemon.service.settings_base import ConfigError
+from dreamd.daemon.cli.common import ConfigProblem, echo_json, json_option
+from dreamd.daemon.config import ConfigError
 
 
 @click.group("experiment")
@@ -49,6 +49,8 @@ def memory_formation(obj, quick: bool, out_dir: Path | None, cycles: int | None,
     gate and everything not set here come from the config in force.
     """
     from dreamd.daemon.experiments.memory_formation.run import ExperimentSettings, run_experiment
+    from dreamd.memory_graph.embedder import EmbedderLoadError
+    from dreamd.trainers.model_store import ModelLoadError
 
     config = obj.config()
     layout = obj.layout()
@@ -61,12 +63,12 @@ def memory_formation(obj, quick: bool, out_dir: Path | None, cycles: int | None,
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
         results = run_experiment(config, layout.ensure().models, out.absolute(), settings, say)
-    except ConfigError as exc:
+    except (ConfigError, ModelLoadError, EmbedderLoadError) as exc:
         raise ConfigProblem(exc) from None
     summary = (out / "summary.md").read_text(encoding="utf-8")
     if as_json:
-        emit({"out": str(out), "results": str(out / "results.json"), "artefacts": results.get("artefacts", []),
-              "budget": results["budget"], "seconds": results["timings"]["total"], "summary": summary}, as_json=True)
+        echo_json({"out": str(out), "results": str(out / "results.json"), "artefacts": results.get("artefacts", []),
+                   "budget": results["budget"], "seconds": results["timings"]["total"], "summary": summary})
         return
     click.echo("")
     click.echo(summary)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from dreamd.daemon.cli.common import ConfigProblem, emit, json_option
-from dreamd.daemon.service.settings_base import ConfigError
+from dreamd.daemon.cli.common import ConfigProblem, echo_json, json_option
 
 
 class BarProgress:
@@ -41,25 +40,25 @@ def ingest_cmd(obj, files: tuple[Path, ...], now: bool, as_json: bool):
 
     config = obj.config()
     layout = obj.layout().ensure()
-    inbox = Inbox(layout, config.inbox)
+    inbox = Inbox(layout.inbox, config.inbox)
     dropped = [inbox.drop(path) for path in files]
     result: dict = {"dropped": [str(p) for p in dropped]}
     if now:
-        from dreamd.memory_graph.embedder import Embedder  # torch: imported only when needed
+        from dreamd.memory_graph.embedder import Embedder, EmbedderLoadError  # torch: imported only when needed
         from dreamd.memory_graph.ingest import Ingester
 
         try:
             embedder = Embedder(config.embedder)
-        except ConfigError as exc:
+        except EmbedderLoadError as exc:
             raise ConfigProblem(exc) from None
-        ingester = Ingester(layout, embedder, config.inbox, config.graph)
+        ingester = Ingester(layout.inbox, layout.database, embedder, config.inbox, config.graph)
         report = ingester.drain(progress=None if as_json else BarProgress(),
                                 trusted=frozenset(p.name for p in dropped))
         result.update({k: v for k, v in report.to_dict().items() if k != "outcomes"})
         result["files_detail"] = report.outcomes
         result["graph"] = ingester.graph.stats()
     if as_json:
-        emit(result, as_json=True)
+        echo_json(result)
         return
     for path in dropped:
         click.echo(f"dropped {path}")

@@ -1,7 +1,7 @@
 """`dreamctl report`: charts and one HTML page of the loop's history, from the database alone.
 
 Imported by `dreamctl` at start, so nothing heavy at module level: matplotlib is imported only
-when the command runs (in daemon/report.py).
+when the command runs (in daemon/report/report.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from dreamd.daemon.cli.common import EXIT_FAILURE, emit, json_option
+from dreamd.daemon.cli.common import EXIT_FAILURE, echo_json, emit, json_option
 
 
 class ReportError(click.ClickException):
@@ -48,7 +48,7 @@ def report(obj, out_dir: Path | None, as_json: bool):
     except OSError as exc:  # e.g. <state>/reports belongs to the daemon's user: pass --out
         raise ReportError(f"cannot write the report: {exc}") from None
     if as_json:
-        emit(result, as_json=True)
+        echo_json(result)
         return
     click.echo(f"report written: {result['page']}")
     click.echo(f"charts ({len(result['images'])}): {', '.join(result['images']) or 'none yet'}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dreamd.daemon.cli.common import EXIT_FAILURE, emit, json_option
+from dreamd.daemon.cli.common import EXIT_FAILURE, echo_json, emit, json_option
 
 
 class ExportError(click.ClickException):
@@ -32,7 +32,7 @@ def review(ctx, as_json: bool):
     db = _database(ctx.obj)
     waiting = pending(db)
     if as_json:
-        emit({"pending": waiting}, as_json=True)
+        echo_json({"pending": waiting})
         return
     if not waiting:
         click.echo("no dreams waiting for review")

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from dreamd.daemon.cli.common import json_option
+from dreamd.daemon.cli.common import echo_json, json_option, json_text
 from dreamd.daemon.service.control import ControlError, DaemonUnavailable, request
 from dreamd.daemon.service.instance_lock import AlreadyRunning, InstanceLock
 from dreamd.daemon.service.state import control_socket, log_file, read_pause, set_pause, tail_lines
@@ -40,7 +40,8 @@ def _layout(obj) -> StateLayout:
     return obj.layout()
 
 
-def _ask(layout: StateLayout, cmd: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+def ask_daemon(layout: StateLayout, cmd: str, args: dict[str, Any] | None = None,
+               timeout: float = 5.0) -> dict[str, Any]:
     """A command for the daemon; ControlError becomes the right exit code."""
     try:
         return request(control_socket(layout), cmd, args, timeout=timeout)
@@ -61,7 +62,7 @@ def _table(rows: list[tuple[str, Any]]) -> None:
 
 def _emit(data: dict[str, Any], as_json: bool, rows: list[tuple[str, Any]] | None = None) -> None:
     if as_json:
-        click.echo(json.dumps(data, default=str))
+        echo_json(data)
     else:
         _table(rows if rows is not None else list(data.items()))
 
@@ -136,7 +137,7 @@ def _n(value: int | None) -> str:
 def _short(value: Any, limit: int = 80) -> Any:
     if value is None or isinstance(value, str) and len(value) <= limit:
         return value
-    text = json.dumps(value, default=str)
+    text = json_text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -144,7 +145,7 @@ def _set_pause(obj, paused: bool, reason: str, as_json: bool) -> None:
     layout = _layout(obj)
     cmd = "pause" if paused else "resume"
     try:
-        result = {**_ask(layout, cmd, {"reason": reason} if reason else None), "via": "daemon"}
+        result = {**ask_daemon(layout, cmd, {"reason": reason} if reason else None), "via": "daemon"}
     except DaemonUnavailable:
         if not layout.root.is_dir():
             raise CommandFailed(f"no state dir at {layout.root}") from None
@@ -186,7 +187,7 @@ def resume(obj, as_json: bool):
 def dream(obj, now: bool, as_json: bool):
     """Ask the running daemon to start a dream cycle now (exit 3 if it is not running)."""
     try:
-        result = _ask(_layout(obj), "dream_now")
+        result = ask_daemon(_layout(obj), "dream_now")
     except DaemonUnavailable as exc:
         raise CommandFailed(str(exc), EXIT_NOT_RUNNING) from None
     _emit(result, as_json)
@@ -198,7 +199,7 @@ def dream(obj, now: bool, as_json: bool):
 def reload(obj, as_json: bool):
     """Make the running daemon re-read its config file (as SIGHUP / systemctl reload does)."""
     try:
-        result = _ask(_layout(obj), "reload")
+        result = ask_daemon(_layout(obj), "reload")
     except DaemonUnavailable as exc:
         raise CommandFailed(str(exc), EXIT_NOT_RUNNING) from None
     _emit(result, as_json)
@@ -227,10 +228,11 @@ def logs(obj, count: int, level: str | None, as_json: bool):
             entries.append(entry)
     entries = entries[-count:]
     if as_json:
-        click.echo(json.dumps({"file": str(path), "lines": entries}, default=str))
+        echo_json({"file": str(path), "lines": entries})
         return
     if not entries:
         click.echo(f"no log lines in {path}", err=True)
     for e in entries:
         extra = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("timestamp", "level", "event"))
-        click.echo(f"{str(e.get('timestamp', ''))[:23]:23}  {str(e.get('level', '')):7}  {e.get('event', '')}  {extra}".rstrip())
+        when, level = str(e.get("timestamp", ""))[:23], str(e.get("level", ""))
+        click.echo(f"{when:23}  {level:7}  {e.get('event', '')}  {extra}".rstrip())

@@ -1,10 +1,9 @@
-"""The entry points the dream cycle calls: one batch of dreams, scored and stored; the judge model.
+"""One batch of dreams, scored and stored (`dream_batch`), the judge model, and the batch's summary.
 
-    dreams = dream_batch(db, graph, loaded, embedder, config, seed)      # the dreams + signal steps
-    examples = training_set(db, config.dreams, seed)                      # then train_round(...)
-    mark_trained(db, examples, checkpoint_id)                             # once the gate has decided
+    batch = dream_batch(db, graph, loaded, embedder, dreams=..., signal=..., graph_settings=..., seed=...)
+    summary(batch)  # the dreams step's result in the cycle's report
 
-Everything here runs in the cycle's child process (generation is long work).
+loop/cycle.py calls these in the cycle's child process (generation is long work).
 """
 
 from __future__ import annotations
@@ -13,14 +12,13 @@ import time
 import uuid
 from pathlib import Path
 
+import structlog
 from sqlite_utils import Database
 
+from dreamd.daemon.dreaming.dreams import Dream, dream
 from dreamd.daemon.dreaming.records import prior_vectors, save_dreams
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
-from dreamd.daemon.dreaming.dreams import Dream, dream
-import structlog
 from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
-from dreamd.daemon.dreaming.training_set import mark_trained, training_set  # noqa: F401  (re-exported for the cycle)
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.settings import GraphSettings
 from dreamd.trainers.model_store import LoadedModel, load_model
@@ -60,7 +58,8 @@ def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder,
 
 
 def summary(batch: list[Dream]) -> dict:
-    """The dreams step's result for the cycle report (JSON)."""
+    """The dreams step's result for the cycle report (JSON): counts, ids, rejection reasons, and
+    `stop` / `outcome` ("no dream accepted") when nothing is left to train on."""
     reasons: dict[str, int] = {}
     for d in batch:
         if not d.accepted:

@@ -1,6 +1,6 @@
 """Dreams: a new situation composed from a memory collision, then played out by the model.
 
-Seed 002: the memory graph is the latent space, a collision (2-4 distant memories joined by a
+The idea: the memory graph is a latent space, a collision (2-4 distant memories joined by a
 walk) is a sample from it, and the model decodes it twice:
 
 1. compose — the model reads the memory fragments (cut to a token budget) and writes a new user
@@ -148,7 +148,8 @@ def compose(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, s
         dream.scenario_tokens = generation.tokens
         dream.scenario = extract_scenario(generation.text)
         if generation.finish == "timeout":
-            dream.failure = f"generation timed out composing the scenario (over {settings.generation_timeout_seconds:g} s)"
+            dream.failure = ("generation timed out composing the scenario "
+                             f"(over {settings.generation_timeout_seconds:g} s)")
         elif not dream.scenario:
             dream.failure = "composition produced no scenario"
 
@@ -166,7 +167,8 @@ def play_out(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, 
             continue
         dream.response, dream.response_tokens = generation.text, generation.tokens
         if generation.finish == "timeout":
-            dream.failure = f"generation timed out playing the dream out (over {settings.generation_timeout_seconds:g} s)"
+            dream.failure = ("generation timed out playing the dream out "
+                             f"(over {settings.generation_timeout_seconds:g} s)")
         elif not dream.response:
             dream.failure = "the model gave no response"
 

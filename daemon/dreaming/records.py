@@ -73,13 +73,3 @@ def load_dream(db: Database, dream_id: int) -> dict[str, Any] | None:
     out["memories"] = [r[0] for r in db.execute(
         "SELECT node_id FROM dream_memories WHERE dream_id = ? ORDER BY position", (dream_id,)).fetchall()]
     return out
-
-
-def dreams_of_memory(db: Database, node_id: int) -> list[int]:
-    """The dreams a memory took part in."""
-    return [r[0] for r in db.execute(
-        "SELECT dream_id FROM dream_memories WHERE node_id = ? ORDER BY dream_id", (node_id,)).fetchall()]
-
-
-def counts(db: Database) -> dict[str, int]:
-    return dict(db.execute("SELECT status, count(*) FROM dreams GROUP BY status").fetchall())

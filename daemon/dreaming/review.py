@@ -29,10 +29,6 @@ def pending(db: Database, limit: int = 100) -> list[dict]:
     return [load_dream(db, i) for i in ids]
 
 
-def pending_count(db: Database) -> int:
-    return db.execute("SELECT count(*) FROM dreams WHERE status = 'pending_review'").fetchone()[0]
-
-
 def decide(db: Database, dream_id: int, decision: str, note: str = "", reviewer: str | None = None) -> dict:
     """Approve or reject one pending dream; returns it as it now is."""
     if decision not in DECISIONS:
@@ -48,20 +44,6 @@ def decide(db: Database, dream_id: int, decision: str, note: str = "", reviewer:
         db.execute("INSERT INTO dream_reviews (dream_id, decision, reviewer, note, at) VALUES (?, ?, ?, ?, ?)",
                    (dream_id, decision, reviewer, note, time.time()))
     return load_dream(db, dream_id)
-
-
-def approve(db: Database, dream_id: int, note: str = "", reviewer: str | None = None) -> dict:
-    return decide(db, dream_id, "approved", note, reviewer)
-
-
-def reject(db: Database, dream_id: int, note: str = "", reviewer: str | None = None) -> dict:
-    return decide(db, dream_id, "rejected", note, reviewer)
-
-
-def reviews_of(db: Database, dream_id: int) -> list[dict]:
-    rows = db.execute("SELECT decision, reviewer, note, at FROM dream_reviews WHERE dream_id = ? ORDER BY id",
-                      (dream_id,)).fetchall()
-    return [dict(zip(("decision", "reviewer", "note", "at"), r)) for r in rows]
 
 
 def _user() -> str:

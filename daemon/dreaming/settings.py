@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamd.daemon.service.settings_base import require, setting
+from dreamd.trainers.settings import require, setting
 
 SCHEDULES = ("constant", "spread")
 SCORERS = ("divergence", "judge", "hygiene", "novelty")
@@ -122,9 +122,12 @@ class SignalSettings:
         1.0, "Weight of novelty: embedding distance from dreams already accepted and from the rest of the batch."
     )
     min_novelty: float = setting(
-        0.05, "Least novelty accepted: 1 minus the highest cosine similarity to an earlier dream (0.05: cosine below 0.95)."
+        0.05,
+        "Least novelty accepted: 1 minus the highest cosine similarity to an earlier dream (0.05: cosine below 0.95).",
     )
-    min_total: float = setting(0.5, "Least weighted mean of the enabled scores (each from 0 to 1) for a dream to be accepted.")
+    min_total: float = setting(
+        0.5, "Least weighted mean of the enabled scores (each from 0 to 1) for a dream to be accepted."
+    )
 
     def __post_init__(self) -> None:
         for name in SCORERS:
@@ -135,7 +138,8 @@ class SignalSettings:
         require(self.judge_rubric.strip() != "", "judge_rubric", "a non-empty text", self.judge_rubric)
         require(0 <= self.min_response_chars < self.max_response_chars, "min_response_chars",
                 "0 or more and below max_response_chars", self.min_response_chars)
-        require(0 < self.max_repeated_ngrams <= 1, "max_repeated_ngrams", "a number in (0, 1]", self.max_repeated_ngrams)
+        require(0 < self.max_repeated_ngrams <= 1, "max_repeated_ngrams", "a number in (0, 1]",
+                self.max_repeated_ngrams)
         require(-1 <= self.min_novelty <= 2, "min_novelty", "a number from -1 to 2", self.min_novelty)
         require(0 <= self.min_total <= 1, "min_total", "a number from 0 to 1", self.min_total)
 

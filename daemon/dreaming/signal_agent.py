@@ -1,6 +1,6 @@
 """The signal agent: scores each dream and accepts or rejects it, with reasons.
 
-Seed 002 calls it the reward of filtered behavioural cloning: only dreams it accepts are trained
+It is the reward of filtered behavioural cloning: only dreams it accepts are trained
 on. Each scorer is a function `(dreams, context) -> [Score]` over a whole batch (the model-backed
 ones batch their forward passes); `score_dreams` runs those with a weight above 0 in `[signal]`,
 and `decide` (pure) turns a dream's scores into the decision:
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from dreamd.daemon.dreaming.settings import SignalSettings
 from dreamd.daemon.dreaming.dreams import Dream, memory_chat
-from dreamd.trainers.gate.metrics import response_losses
+from dreamd.daemon.dreaming.settings import SignalSettings
 from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.gate.metrics import response_losses
 from dreamd.trainers.generate import generate_chats
 from dreamd.trainers.model_store import LoadedModel
 
@@ -132,7 +132,8 @@ def _rating(word: str) -> float | None:
 
 def judge_chat(rubric: str, dream: Dream) -> list[dict]:
     return [{"role": "user", "content": f"{rubric}\n\nUser's message: {dream.scenario}\n\n"
-                                        f"Assistant's reply: {dream.response}\n\nAnswer with \"Score:\" and a number from 1 to 10."}]
+                                        f"Assistant's reply: {dream.response}\n\n"
+                                        "Answer with \"Score:\" and a number from 1 to 10."}]
 
 
 def score_judge(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
@@ -171,7 +172,9 @@ def divergences(loaded: LoadedModel, dreams: list[Dream]) -> list[float]:
     For a response sampled from the weights (the play-out), the expected gap is
     -KL(p(.|scenario) || p(.|memories, scenario)) <= 0: most dreams score below 0, and keeping
     those at or above `min_divergence` is rejection sampling towards what the memories imply."""
-    answer = lambda d: {"role": "assistant", "content": d.response}  # noqa: E731
+    def answer(d: Dream) -> dict:
+        return {"role": "assistant", "content": d.response}
+
     with_memory = [TrainingExample(f"with:{i}", [*memory_chat(d.fragments, d.scenario), answer(d)])
                    for i, d in enumerate(dreams)]
     without = [TrainingExample(f"without:{i}", [*memory_chat([], d.scenario), answer(d)]) for i, d in enumerate(dreams)]
@@ -215,7 +218,8 @@ def score_novelty(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     for value in novelty(vectors, ctx.prior_vectors):
         ok = value >= ctx.settings.min_novelty
         out.append(Score("novelty", value, min(max(value, 0.0), 1.0), ok,
-                         f"{value:.3f} from the nearest earlier dream {'>=' if ok else '<'} {ctx.settings.min_novelty:g}"))
+                         f"{value:.3f} from the nearest earlier dream {'>=' if ok else '<'} "
+                         f"{ctx.settings.min_novelty:g}"))
     return out
 
 
@@ -228,7 +232,8 @@ SCORERS: dict[str, Callable[[list[Dream], ScoringContext], list[Score]]] = {
 
 
 # -- the decision (pure) --------------------------------------------------------------------------
-def decide(scores: dict[str, Score], settings: SignalSettings, failure: str | None = None) -> tuple[bool, float | None, list[str]]:
+def decide(scores: dict[str, Score], settings: SignalSettings,
+           failure: str | None = None) -> tuple[bool, float | None, list[str]]:
     """(accepted, weighted total, reasons) from a dream's scores."""
     if failure:
         return False, None, [failure]

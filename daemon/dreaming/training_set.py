@@ -2,7 +2,7 @@
 
 Both become context-frozen examples (trainers/examples.py): the context is what the model reads
 (a dream's scenario alone, or a real exchange's recent history), the response is the assistant
-turn it learns. Replaying real exchanges beside the dreams is the interleaved replay of seed 002:
+turn it learns. Replaying real exchanges beside the dreams is interleaved replay:
 the weights keep seeing the distribution they came from, not only their own recombinations.
 
 Example ids trace back: `dream:<id>` to a dreams row (and through it to its memories and walk),

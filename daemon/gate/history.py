@@ -1,10 +1,18 @@
-"""What happened to the model over time, kept in the database for `dreamctl report`: every
-training round (with its per-step losses) and every move of the `current` / `last_good` pointers
-(with why and by whom). Tables from migration m005_history.
+"""What happened to the model over time, and the one way `current` moves outside the gate.
 
-The pointer files stay the truth about which checkpoint is in force; these rows are the history
-beside them. A pointer moves first and its row is written after, so a crash in between loses a row,
-never a move. No torch here: dreamctl calls `rollback_and_record` directly.
+The database keeps, for `dreamctl report`, every training round (with its per-step losses) and
+every move of the `current` / `last_good` pointers (with why and by whom); tables from migration
+m005_history. The pointer files stay the truth about which checkpoint is in force; these rows are
+the history beside them. A pointer moves first and its row is written after, so a crash in between
+loses a row, never a move.
+
+Rollback has two callers and one code path (`roll_back`): the running daemon, for `dreamctl
+rollback` over the control socket, after abandoning any child that could move a pointer meanwhile;
+and dreamctl itself when the daemon is down (`roll_back_offline`), holding the daemon's instance
+lock so that a dreamd starting meanwhile refuses to start rather than race it (the rollback takes
+milliseconds). The gate's re-check rolls back through `rollback_and_record` too.
+
+No torch here: moving pointers only reads manifests, hashes files and replaces pointer files.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ import json
 import math
 import sqlite3
 import time
-from typing import Sequence
-
-from sqlite_utils import Database
+from collections.abc import Sequence
 
 import structlog
+from sqlite_utils import Database
+
+from dreamd.daemon.service.instance_lock import InstanceLock
 from dreamd.daemon.service.state_dir import StateLayout
-from dreamd.memory_graph.database.store import write
+from dreamd.memory_graph.database.migrations import SchemaError
+from dreamd.memory_graph.database.store import open_store, write
 from dreamd.trainers.checkpoints.pointers import POINTERS, read_pointer, rollback
 
 log = structlog.get_logger(__name__)
@@ -67,13 +77,13 @@ def record_pointer_moves(db: Database, before: dict[str, str], after: dict[str, 
 
 def rollback_and_record(layout: StateLayout, target: str | None, by: str, why: str = MANUAL_ROLLBACK,
                         db: Database | None = None) -> dict:
-    """`trainers.lineage.rollback(layout, target)` (to `last_good` when `target` is None, or to a
-    checkpoint id, or to `base`), then the pointer moves recorded in the database.
+    """`trainers.checkpoints.pointers.rollback(layout, target)` (to `last_good` when `target` is
+    None, or to a checkpoint id, or to `base`), then the pointer moves recorded in the database.
 
-    `by` says who asked (`recheck`, or `dreamctl <user>` from daemon/rollback.py); `why` defaults
-    to a manual rollback (the gate's re-check passes `rolled_back`). `db` is an open store to write
-    to; without one the state dir's database is opened, and when there is none yet (nothing
-    ingested) the rollback still happens and only the record is skipped. Raises what `rollback` raises (CheckpointError,
+    `by` says who asked (`recheck`, or `dreamctl <user>`); `why` defaults to a manual rollback (the
+    gate's re-check passes `rolled_back`). `db` is an open store to write to; without one the state
+    dir's database is opened, and when there is none yet (nothing ingested) the rollback still
+    happens and only the record is skipped. Raises what `rollback` raises (CheckpointError,
     ValueError) before anything moves. Returns rollback's dict plus `recorded`: how many pointer
     moves were stored (0 when nothing moved or there is no database).
     """
@@ -87,9 +97,6 @@ def _record_safely(layout: StateLayout, db: Database | None, before: dict, after
                    by: str) -> list[dict]:
     # The rollback has happened by now: a history row that cannot be written is logged, and must
     # not turn a successful rollback into a reported failure.
-    from dreamd.memory_graph.database.migrations import SchemaError
-    from dreamd.memory_graph.database.store import open_store
-
     if before == after:
         return []
     own = db is None
@@ -105,3 +112,16 @@ def _record_safely(layout: StateLayout, db: Database | None, before: dict, after
     finally:
         if own and db is not None:
             db.conn.close()
+
+
+def roll_back(layout: StateLayout, target: str | None, by: str) -> dict:
+    """A manual rollback: point `current` at `target` (an id or `base`; None: last_good), verified
+    first; idempotent. Returns current, previous, changed, how many moves were recorded, and `by`."""
+    return {**rollback_and_record(layout, target, by), "by": by}
+
+
+def roll_back_offline(layout: StateLayout, target: str | None, by: str) -> dict:
+    """The same, by dreamctl while no daemon runs: under the instance lock (AlreadyRunning if a
+    daemon holds it)."""
+    with InstanceLock(layout.lock_file).acquire(write_pid=False):
+        return roll_back(layout, target, by)

@@ -1,127 +1,133 @@
-"""The dream cycle's steps, strung together by daemon/stages.py and run in one child process.
+"""One dream cycle, top to bottom: `run_cycle`. And the re-evaluation job beside it: `reevaluate`.
 
-    dreams    collisions from the memory graph -> scenarios -> the current model's responses ->
-              the signal agent's scores and decisions, every dream stored with its provenance
-    training  accepted dreams + replayed real exchanges (never the held-out ones) -> one
-              context-frozen APOLLO round from `current` -> a candidate checkpoint
+Both run in the daemon's child process (loop/__init__.py; `dreamctl experiment` and the tests
+call run_cycle in their own process). A cycle:
+
+    dreams    the current model plays out scenarios drawn from collisions in the memory graph; the
+              signal agent scores and decides; every dream is stored with its provenance
+    training  accepted dreams + replayed real exchanges (never held-out ones) -> one
+              context-frozen round from `current` -> a candidate checkpoint; the round is recorded
     gate      the evaluation suite on the candidate, against `current` and the base -> a decision
     promote   `current` and `last_good` move to the candidate, or it is rejected; recorded either way
 
-Each step takes the cycle context (the config as a dict, the state root and every earlier step's
-result by name) and returns a JSON-able dict; `{"stop": True}` ends the cycle early (nothing
-accepted, nothing to train on). A failing step raises: the child reports the error, and since
-pointers move only in `promote`, the current model is untouched.
+It stops early, with a reason, when there are no collisions to dream from, no dream was accepted, or
+there is nothing to train on. A step that fails raises: the child reports the error, and since the
+pointers move only in the promote step, the current model is untouched.
+
+The result, which the daemon keeps as `last_cycle` and `dreamctl dream --now`, the demo and the
+experiment read: `{"outcome", "gate", "steps": {"dreams", "training", "gate", "promote"}}` for a
+cycle that reached the gate; `{"outcome", "stopped_at", "steps"}` (the steps run so far) otherwise.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from sqlite_utils import Database
+
 from dreamd.daemon.config import Config, config_from_dict
+from dreamd.daemon.dreaming.batch import dream_batch, load_judge, summary
+from dreamd.daemon.dreaming.dreams import Dream
+from dreamd.daemon.dreaming.training_set import mark_trained, training_set
+from dreamd.daemon.gate.history import record_training_round
+from dreamd.daemon.gate.judge import apply_judgement, judge_candidate, recheck_current
+from dreamd.daemon.gate.suite import held_out_nodes
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import open_store
+from dreamd.memory_graph.embedder import Embedder
+from dreamd.memory_graph.graph import MemoryGraph
+from dreamd.trainers.checkpoints.pointers import read_pointer
+from dreamd.trainers.checkpoints.weights import load_as
+from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.model_store import load_model
+from dreamd.trainers.round import train_round
 
-WORLD = "_world"  # where the context keeps what the steps share (not part of the cycle's report)
-
-
-@dataclass
-class World:
-    config: Config
-    layout: StateLayout
-    db: Any
-    embedder: Any
-    seed: int
-    examples: Any = None  # the round's training examples, marked as trained once the gate decided
-    judgement: Any = None
+NO_COLLISIONS = "no collisions to dream from (too few memories)"
+NOTHING_TO_TRAIN = "nothing to train on"
 
 
-def world(context: dict[str, Any]) -> World:
-    if WORLD not in context:
-        from dreamd.memory_graph.embedder import Embedder
-        from dreamd.memory_graph.database.store import open_store
+def run_cycle(config: dict[str, Any], state_root: str, seed: int | None = None) -> dict[str, Any]:
+    """One dream cycle; returns its outcome and each step's result. `seed` fixes the cycle's seed
+    (collisions, generation, replay) so a run repeats; the daemon leaves it to the clock."""
+    settings = config_from_dict(config)
+    layout = StateLayout(Path(state_root)).ensure()
+    seed = int(time.time()) if seed is None else seed
+    embedder = Embedder(settings.embedder)
+    steps: dict[str, dict[str, Any]] = {}
+    with closing(open_store(layout.database)) as db:
+        current = read_pointer(layout, "current")
+        batch = dream_with(settings, layout, db, embedder, current, seed)
+        if not batch:
+            steps["dreams"] = {"stop": True, "outcome": NO_COLLISIONS, "dreams": 0}
+            return stopped_at("dreams", steps)
+        steps["dreams"] = {**summary(batch), "model": current, "seed": seed}  # outcome: "no dream accepted"
+        if not any(dream.accepted for dream in batch):
+            return stopped_at("dreams", steps)
 
-        config = config_from_dict(context["config"])
-        layout = StateLayout(Path(context["state_root"])).ensure()
-        context[WORLD] = World(config, layout, open_store(layout.database), Embedder(config.embedder),
-                               seed=context.get("seed", int(time.time())))
-    return context[WORLD]
+        examples = training_examples(settings, db, seed)
+        if not examples:
+            steps["training"] = {"stop": True, "outcome": NOTHING_TO_TRAIN, "examples": 0}
+            return stopped_at("training", steps)
+        steps["training"] = train_candidate(settings, layout, db, examples)
 
-
-def dreams(context: dict[str, Any]) -> dict[str, Any]:
-    from dreamd.daemon.dreaming.batch import dream_batch, load_judge, summary
-    from dreamd.trainers.checkpoints.weights import load_as
-    from dreamd.memory_graph.graph import MemoryGraph
-    from dreamd.trainers.checkpoints.pointers import read_pointer
-
-    w = world(context)
-    current = read_pointer(w.layout, "current")
-    loaded = load_as(w.config.model, w.layout.models, w.layout, current)  # the model as it is now dreams
-    batch = dream_batch(
-        w.db, MemoryGraph.load(w.db), loaded, w.embedder, dreams=w.config.dreams, signal=w.config.signal,
-        graph_settings=w.config.graph, seed=w.seed,
-        judge=load_judge(w.config.signal, w.config.model, w.layout.models),
-    )
-    if not batch:
-        return {"stop": True, "outcome": "no collisions to dream from (too few memories)", "dreams": 0}
-    return {**summary(batch), "model": current, "seed": w.seed}
-
-
-def training(context: dict[str, Any]) -> dict[str, Any]:
-    from dreamd.daemon.gate.history import record_training_round
-    from dreamd.daemon.gate.judge import held_out_nodes
-    from dreamd.daemon.dreaming.training_set import training_set
-    from dreamd.trainers.checkpoints.pointers import read_pointer
-    from dreamd.trainers.model_store import load_model
-    from dreamd.trainers.round import train_round
-
-    w = world(context)
-    held_out = frozenset(held_out_nodes(w.db, w.config.evaluation.heldout_percent))
-    examples = training_set(w.db, w.config.dreams, w.seed, exclude_nodes=held_out)
-    if not examples:
-        return {"stop": True, "outcome": "nothing to train on", "examples": 0}
-    parent = read_pointer(w.layout, "current")
-    steps: list[float] = []
-    started = time.time()
-    candidate = train_round(load_model(w.config.model, w.layout.models), examples, w.config.training, w.layout,
-                            parent_id=parent, on_step=lambda _i, result: steps.append(result.loss))
-    w.examples = examples
-    dream_examples = sum(e.id.startswith("dream:") for e in examples)
-    record_training_round(w.db, checkpoint=candidate, parent=parent, mode=w.config.training.mode,
-                          started_at=started, finished_at=time.time(), examples=len(examples),
-                          dream_examples=dream_examples, losses=steps)  # for `dreamctl report`
-    return {"candidate": candidate, "parent": parent, "examples": len(examples),
-            "dream_examples": dream_examples,
-            "first_loss": steps[0] if steps else None, "last_loss": steps[-1] if steps else None}
-
-
-def gate(context: dict[str, Any]) -> dict[str, Any]:
-    from dreamd.daemon.gate.judge import judge_candidate
-
-    w = world(context)
-    w.judgement = judge_candidate(w.config, w.layout, w.db, context["training"]["candidate"], w.embedder.encode)
-    return {"checkpoint": w.judgement.candidate, "decision": w.judgement.outcome,
-            "reasons": w.judgement.decision.reasons, "compared_to": w.judgement.compared_to,
-            "eval_seconds": round(w.judgement.eval_seconds, 2)}
-
-
-def promote(context: dict[str, Any]) -> dict[str, Any]:
-    from dreamd.daemon.gate.judge import apply_judgement
-    from dreamd.daemon.dreaming.training_set import mark_trained
-    from dreamd.trainers.checkpoints.pointers import read_pointer
-
-    w = world(context)
-    applied = apply_judgement(w.layout, w.db, w.judgement)
-    # Only now are the dreams spent: a cycle stopped before the gate decided leaves them for the next.
-    mark_trained(w.db, w.examples, w.judgement.candidate)
-    return {"outcome": applied["decision"], "current": read_pointer(w.layout, "current"),
-            "last_good": read_pointer(w.layout, "last_good")}
+        judgement = judge_candidate(settings, layout, db, steps["training"]["candidate"], embedder.encode)
+        steps["gate"] = {"checkpoint": judgement.candidate, "decision": judgement.outcome,
+                         "reasons": judgement.decision.reasons, "compared_to": judgement.compared_to,
+                         "eval_seconds": round(judgement.eval_seconds, 2)}
+        applied = apply_judgement(layout, db, judgement)
+        # Only now are the dreams spent: a cycle stopped before the gate decided leaves them for the next.
+        mark_trained(db, examples, judgement.candidate)
+        steps["promote"] = {"outcome": applied["decision"], "current": read_pointer(layout, "current"),
+                            "last_good": read_pointer(layout, "last_good")}
+    return {"outcome": steps["promote"]["outcome"], "gate": steps["gate"], "steps": steps}
 
 
 def reevaluate(config: dict[str, Any], state_root: str) -> dict[str, Any]:
     """The re-evaluation job: re-check `current`, rolling back on its own if it fails the gate."""
-    from dreamd.daemon.gate.judge import recheck_current
+    settings = config_from_dict(config)
+    layout = StateLayout(Path(state_root)).ensure()
+    with closing(open_store(layout.database)) as db:
+        return recheck_current(settings, layout, db, Embedder(settings.embedder).encode)
 
-    w = world({"config": config, "state_root": state_root})
-    return recheck_current(w.config, w.layout, w.db, w.embedder.encode)
+
+def stopped_at(step: str, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The result of a cycle that ended early at `step` (whose result says why)."""
+    return {"outcome": steps[step].get("outcome", "stopped"), "stopped_at": step, "steps": steps}
+
+
+def dream_with(settings: Config, layout: StateLayout, db: Database, embedder: Embedder, checkpoint: str,
+               seed: int) -> list[Dream]:
+    """Collisions -> dreams -> the signal agent's decisions, all stored; empty without collisions.
+    The dreaming model (and the judge) are loaded here and freed on return, before training
+    loads its own copy."""
+    loaded = load_as(settings.model, layout.models, layout, checkpoint)
+    judge = load_judge(settings.signal, settings.model, layout.models)
+    return dream_batch(db, MemoryGraph.load(db), loaded, embedder, dreams=settings.dreams, signal=settings.signal,
+                       graph_settings=settings.graph, seed=seed, judge=judge)
+
+
+def training_examples(settings: Config, db: Database, seed: int) -> list[TrainingExample]:
+    """The round's examples: untrained accepted dreams and replayed exchanges, never a held-out one
+    (the gate measures on those)."""
+    held_out = frozenset(held_out_nodes(db, settings.evaluation.heldout_percent))
+    return training_set(db, settings.dreams, seed, exclude_nodes=held_out)
+
+
+def train_candidate(settings: Config, layout: StateLayout, db: Database,
+                    examples: list[TrainingExample]) -> dict[str, Any]:
+    """One context-frozen round from `current` -> a candidate checkpoint. The round (with its loss
+    per step) is recorded for `dreamctl report`; returns the training step's result."""
+    parent = read_pointer(layout, "current")
+    losses: list[float] = []
+    started = time.time()
+    candidate = train_round(load_model(settings.model, layout.models), examples, settings.training, layout,
+                            parent_id=parent, on_step=lambda _index, result: losses.append(result.loss))
+    dream_examples = sum(e.id.startswith("dream:") for e in examples)
+    record_training_round(db, checkpoint=candidate, parent=parent, mode=settings.training.mode, started_at=started,
+                          finished_at=time.time(), examples=len(examples), dream_examples=dream_examples,
+                          losses=losses)
+    return {"candidate": candidate, "parent": parent, "examples": len(examples), "dream_examples": dream_examples,
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}

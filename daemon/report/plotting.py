@@ -9,14 +9,17 @@ pyplot is imported, so drawing works with no display (a service has none).
 from __future__ import annotations
 
 import html
+import io
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from dreamd.trainers.atomic import write_atomically  # noqa: E402  (after the backend choice)
 
 # Colours of the event kinds drawn as vertical lines; any other kind is grey.
 EVENT_COLOURS = {
@@ -133,9 +136,8 @@ def write_html(path, title: str, sections: Iterable[dict]) -> Path:
             parts.append(str(section["html"]))
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a page
+    # A reader never sees half a page; not fsynced: the page is redrawn from its sources at will.
+    write_atomically(path, "\n".join(parts) + "\n", durable=False)
     return path
 
 
@@ -180,7 +182,7 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI)
-    tmp.replace(path)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=DPI, format="png")
+    write_atomically(path, png.getvalue(), durable=False)  # as the page: atomic for readers, redrawn at will
     return path

@@ -7,9 +7,10 @@ survives the crash and records it, and can abandon the work on shutdown.
 
 The child is started with the *spawn* method (a fresh interpreter): forking a process that runs
 threads (the scheduler, the control server) can copy a held lock into the child and deadlock it,
-and CUDA cannot be used after fork. The target is named as "module:function" so the child
-imports it itself and nothing unpicklable crosses the boundary; arguments and the result are
-plain data.
+and CUDA cannot be used after fork. The target is a module-level function: spawn pickles it by
+reference (its module and name), so the child imports that module itself and nothing unpicklable
+crosses the boundary; arguments and the result are plain data. What the module imports is paid in
+the child, never in the daemon, as long as the daemon only holds the function of a light module.
 
 The child asks the kernel to kill it if the daemon dies (PR_SET_PDEATHSIG): a SIGKILLed daemon
 must not leave an orphan training run behind that a restarted daemon would race.
@@ -18,7 +19,6 @@ must not leave an orphan training run behind that a restarted daemon would race.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,9 +26,10 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
@@ -51,14 +52,15 @@ class ChildOutcome:
                 "seconds": round(self.seconds, 3), "exitcode": self.exitcode}
 
 
-def resolve(target: str) -> Callable[..., Any]:
-    module, _, name = target.partition(":")
-    if not module or not name:
-        raise ValueError(f"a child target is 'module:function', got {target!r}")
-    return getattr(importlib.import_module(module), name)
+ChildTarget = Callable[..., Any]  # a module-level function: spawn pickles it by reference
 
 
-def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str, log_path: str | None) -> None:
+def target_name(target: ChildTarget) -> str:
+    """`module:function`, for the log."""
+    return f"{target.__module__}:{target.__qualname__}"
+
+
+def _child_main(target: ChildTarget, args: tuple, conn, parent_pid: int, log_level: str, log_path: str | None) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -77,7 +79,7 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str,
         except OSError as exc:  # no log folder (a daemon without one): stderr still has it all
             structlog.get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
     try:
-        result = resolve(target)(*args)
+        result = target(*args)
         conn.send(("ok", result if isinstance(result, dict) else {"value": result}))
     except BaseException as exc:  # report everything, including SystemExit from a stage
         conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip(),
@@ -87,7 +89,7 @@ def _child_main(target: str, args: tuple, conn, parent_pid: int, log_level: str,
 
 
 def run_in_child(
-    target: str,
+    target: ChildTarget,
     args: tuple = (),
     stop: threading.Event | None = None,
     stop_timeout: float = 60.0,
@@ -106,7 +108,7 @@ def run_in_child(
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=_child_main, args=(target, args, sender, os.getpid(), log_level, log_path),
-                          name=f"dreamd-{target.rsplit(':', 1)[-1]}", daemon=False)
+                          name=f"dreamd-{target.__name__}", daemon=False)
     started = time.monotonic()
     process.start()
     sender.close()  # the child holds the only write end: EOF on the pipe means it is gone
@@ -143,7 +145,7 @@ def run_in_child(
     if message and message[0] == "ok":
         return ChildOutcome("ok", message[1], None, seconds, process.exitcode)
     if message:
-        log.error("child failed", target=target, error=message[1], traceback=message[2])
+        log.error("child failed", target=target_name(target), error=message[1], traceback=message[2])
         return ChildOutcome("failed", None, message[1], seconds, process.exitcode)
     return ChildOutcome("failed", None, f"child exited with code {process.exitcode} without a result",
                         seconds, process.exitcode)

@@ -26,9 +26,10 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
@@ -118,11 +119,24 @@ def peer_allowed(
         return False
     if cred.gid == group.gr_gid:
         return True
+    name = user_name(cred.uid, getpwuid)
+    return name is not None and name in group.gr_mem
+
+
+def user_name(uid: int, getpwuid: Callable[[int], Any] = pwd.getpwuid) -> str | None:
+    """The login name of `uid`, or None when it has no passwd entry (containers, a deleted user)."""
     try:
-        name = getpwuid(cred.uid).pw_name
+        return getpwuid(uid).pw_name
     except KeyError:
-        return False
-    return name in group.gr_mem
+        return None
+
+
+def user_label(uid: int, getpwuid: Callable[[int], Any] = pwd.getpwuid) -> str:
+    """Who a uid is, as the audit rows (pointer moves) record it: `alice (uid 1000)`, or `uid 1000`
+    without a passwd entry (the uid is still worth recording). The daemon and dreamctl both use it,
+    so a rollback reads the same whichever of them did it."""
+    name = user_name(uid, getpwuid)
+    return f"{name} (uid {uid})" if name else f"uid {uid}"
 
 
 def parse_request(raw: bytes) -> dict[str, Any]:
@@ -170,7 +184,7 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._inode: int | None = None
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         if len(os.fsencode(self.path)) > MAX_SUN_PATH:
             raise OSError(f"control socket path is longer than {MAX_SUN_PATH} bytes: {self.path}")
         prepare_socket_dir(self.path.parent, self.group)
@@ -245,7 +259,8 @@ class ControlServer:
             cmd = request["cmd"]
             if cmd in MUTATING and not self.allowed(cred):
                 log.warning("control command denied", cmd=cmd, uid=cred.uid, pid=cred.pid)
-                raise ControlError("denied", f"uid {cred.uid} may not {cmd}: needs root, the daemon's user or the control group")
+                raise ControlError("denied", f"uid {cred.uid} may not {cmd}: "
+                                             "needs root, the daemon's user or the control group")
             if cmd in MUTATING:
                 log.info("control command", cmd=cmd, uid=cred.uid, pid=cred.pid)
             return {"ok": True, "result": self.handler(cmd, request["args"], cred)}

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from dreamd.daemon.service.child import TERM_GRACE, ChildOutcome, run_in_child
 import structlog
+
+from dreamd.daemon.service.child import TERM_GRACE, ChildOutcome, ChildTarget, run_in_child
 
 log = structlog.get_logger("dreamd.service")
 
@@ -35,7 +37,7 @@ class ChildJobs:
         self.outcomes: dict[str, str] = {}  # job id -> how its last child run ended
         self.child_pid: int | None = None
 
-    def run(self, job_id: str, target: str, args: tuple, **child_options: Any) -> ChildOutcome | None:
+    def run(self, job_id: str, target: ChildTarget, args: tuple, **child_options: Any) -> ChildOutcome | None:
         """Run `target` in a child process for `job_id` (run_in_child's options); None, and no
         child, while a rollback holds the pointers."""
         abort = threading.Event()

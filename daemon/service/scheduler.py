@@ -19,9 +19,10 @@ schedule is a pure function of the settings (`job_specs`), tested without a sche
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -69,9 +70,9 @@ def build_scheduler(specs: list[JobSpec], functions: dict[str, Callable[[], None
     # never keep the heartbeat (the watchdog's proof of life) or the inbox scan waiting.
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=len(JOB_IDS) + 1)},
-        timezone=timezone.utc,
+        timezone=UTC,
     )
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for spec in specs:
         first = now + timedelta(seconds=spec.seconds if spec.first_run_in is None else spec.first_run_in)
         scheduler.add_job(functions[spec.id], "interval", seconds=spec.seconds, id=spec.id, name=spec.id,
@@ -79,7 +80,8 @@ def build_scheduler(specs: list[JobSpec], functions: dict[str, Callable[[], None
     return scheduler
 
 
-def apply_specs(scheduler: BackgroundScheduler, specs: list[JobSpec], functions: dict[str, Callable[[], None]]) -> list[str]:
+def apply_specs(scheduler: BackgroundScheduler, specs: list[JobSpec],
+                functions: dict[str, Callable[[], None]]) -> list[str]:
     """Bring a running scheduler in line with new settings (SIGHUP); returns the jobs changed."""
     changed = []
     wanted = {spec.id: spec for spec in specs}
@@ -90,7 +92,7 @@ def apply_specs(scheduler: BackgroundScheduler, specs: list[JobSpec], functions:
     for spec in specs:
         job = scheduler.get_job(spec.id)
         if job is None:
-            first = datetime.now(timezone.utc) + timedelta(seconds=spec.seconds)
+            first = datetime.now(UTC) + timedelta(seconds=spec.seconds)
             scheduler.add_job(functions[spec.id], "interval", seconds=spec.seconds, id=spec.id, name=spec.id,
                               next_run_time=first, **spec.options)
             changed.append(spec.id)
@@ -109,7 +111,7 @@ def run_now(scheduler: BackgroundScheduler, job_id: str, delay: float = 0.0) -> 
     False if it does not exist."""
     if scheduler.get_job(job_id) is None:
         return False
-    scheduler.modify_job(job_id, next_run_time=datetime.now(timezone.utc) + timedelta(seconds=delay))
+    scheduler.modify_job(job_id, next_run_time=datetime.now(UTC) + timedelta(seconds=delay))
     return True
 
 

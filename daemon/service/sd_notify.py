@@ -66,14 +66,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()  # the watchdog loop and job threads both send
         self._last_status: str | None = None
-        self.sent: list[str] = []  # the last few messages, for status and tests
         if address is None:
             # Children (the training process) must not inherit the address and speak for us.
             os.environ.pop(NOTIFY_ENV, None)
-
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
 
     def send(self, **fields: str | int) -> bool:
         """Send `KEY=value` lines in one datagram (keys upper-cased); True if it went out."""
@@ -93,7 +88,6 @@ class Notifier:
                 log.warning("sd_notify failed", error=str(exc), message=message.split("\n")[0])
                 self._close()
                 return False
-            self.sent = (self.sent + [message])[-20:]
         return True
 
     def ready(self, status: str | None = None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dreamd.daemon.service.settings_base import require, setting
+from dreamd.trainers.settings import require, setting
 
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -24,7 +24,8 @@ class DaemonSettings:
     """The service process: who may steer it and how it talks to systemd."""
 
     control_group: str = setting(
-        "", "A group whose members may use dreamctl commands that change anything (root and the daemon's user always may)."
+        "",
+        "A group whose members may use dreamctl commands that change anything (root and the daemon's user always may).",
     )
     inbox_scan_seconds: float = setting(
         60.0, "The inbox is rescanned at least this often, in seconds (also at start and when inbox/new changes)."
@@ -34,19 +35,24 @@ class DaemonSettings:
     )
     dream_interval_minutes: float = setting(60.0, "A dream cycle starts at least this often, in minutes.")
     dream_after_new_messages: int = setting(
-        200, "A dream cycle starts early once this many new messages have been ingested since the last one; 0: never early."
+        200,
+        "A dream cycle starts early once this many new messages have been ingested since the last one; 0: never early.",
     )
     reevaluate_hours: float = setting(24.0, "The current checkpoint is re-evaluated this often, in hours.")
     misfire_grace_seconds: int = setting(
         300, "A scheduled run that could not start on time (busy, suspended) still runs if at most this late."
     )
     stop_timeout_seconds: float = setting(
-        60.0, "On SIGTERM, how long the running step may take to finish before it is abandoned (keep below the unit's TimeoutStopSec=)."
+        60.0,
+        "On SIGTERM, how long the running step may take to finish before it is abandoned "
+        "(keep below the unit's TimeoutStopSec=).",
     )
 
     def __post_init__(self) -> None:
         for key in ("inbox_scan_seconds", "dream_interval_minutes", "reevaluate_hours", "stop_timeout_seconds"):
             require(getattr(self, key) > 0, key, "a positive number", getattr(self, key))
         require(self.inbox_poll_seconds >= 0, "inbox_poll_seconds", "zero or more seconds", self.inbox_poll_seconds)
-        require(self.dream_after_new_messages >= 0, "dream_after_new_messages", "zero or more", self.dream_after_new_messages)
-        require(self.misfire_grace_seconds >= 1, "misfire_grace_seconds", "at least 1 second", self.misfire_grace_seconds)
+        require(self.dream_after_new_messages >= 0, "dream_after_new_messages", "zero or more",
+                self.dream_after_new_messages)
+        require(self.misfire_grace_seconds >= 1, "misfire_grace_seconds", "at least 1 second",
+                self.misfire_grace_seconds)

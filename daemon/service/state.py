@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.atomic import write_atomically
 
 SOCKET_ENV = "DREAMD_CONTROL_SOCKET"
 RUNTIME_ENV = "RUNTIME_DIRECTORY"  # set by systemd's RuntimeDirectory=
@@ -57,21 +58,9 @@ def log_file(layout: StateLayout) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any], durable: bool = False) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, default=str)
-        handle.write("\n")
-        if durable:
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Readers see the old file or the new one, never half of one. Not durable by default:
+    service.json is rewritten on every change, and a power loss bringing back the one before is fine."""
+    write_atomically(path, json.dumps(data, default=str) + "\n", durable=durable)
 
 
 def read_json(path: Path, limit: int = 1 << 20) -> dict[str, Any] | None:

@@ -66,7 +66,7 @@ class StateLayout:
     def reports(self) -> Path:
         return self.root / "reports"
 
-    def ensure(self) -> "StateLayout":
+    def ensure(self) -> StateLayout:
         """Create the folders that must exist before anything is written (mode 0750)."""
         inbox = [self.inbox_folder(name) for name in INBOX_FOLDERS]
         for folder in (self.root, self.models, self.checkpoints, self.reports, *inbox):

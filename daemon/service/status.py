@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dreamd.daemon.gate.evaluations import last_decision
 from dreamd.daemon.service.instance_lock import lock_holder
 from dreamd.daemon.service.state import read_json, read_pause, service_file
 from dreamd.daemon.service.state_dir import StateLayout
@@ -101,17 +102,12 @@ def gate_records(conn: sqlite3.Connection) -> dict[str, Any]:
     """From the quality gate's `evaluations` table: rounds gated, the last decision, and the
     newest evaluation of every checkpoint (for current and last_good)."""
     rounds = conn.execute("SELECT count(*) FROM evaluations WHERE purpose = 'candidate'").fetchone()[0]
-    row = conn.execute(
-        "SELECT checkpoint, purpose, decision, reasons, evaluated_at FROM evaluations "
-        "WHERE purpose IN ('candidate', 'recheck') ORDER BY id DESC LIMIT 1").fetchone()
-    last = None if row is None else {"checkpoint": row[0], "purpose": row[1], "decision": row[2],
-                                     "reasons": json.loads(row[3]), "at": row[4]}
     newest = {}
     for checkpoint, metrics, decision in conn.execute(
             "SELECT checkpoint, metrics, decision FROM evaluations ORDER BY id"):
         numbers = json.loads(metrics)
         newest[checkpoint] = {"decision": decision, **{k: numbers.get(k) for k in SUMMARY_METRICS}}
-    return {"training_rounds": rounds, "last_gate_decision": last, "evaluations": newest}
+    return {"training_rounds": rounds, "last_gate_decision": last_decision(conn), "evaluations": newest}
 
 
 def collect_status(layout: StateLayout, live: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ leaves the schema either before or after it.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sqlite_utils import Database
 
@@ -102,7 +102,7 @@ def m001_memory_graph(db: Database) -> None:
 
 @migration
 def m002_dreams(db: Database) -> None:
-    # Every dream is kept, accepted or not, with what made it and why it was judged so (daemon/dreams.py).
+    # Every dream is kept, accepted or not, with what made it and why it was judged so (daemon/dreaming/dreams.py).
     _run(db, """
     CREATE TABLE dreams (
         id INTEGER PRIMARY KEY,
@@ -154,7 +154,7 @@ def m003_dream_reviews(db: Database) -> None:
 
 @migration
 def m004_evaluations(db: Database) -> None:
-    # Every evaluation the quality gate made, with its decision (daemon/quality_gate.py).
+    # Every evaluation the quality gate made, with its decision (daemon/gate/).
     _run(db, """
     CREATE TABLE evaluations (
         id INTEGER PRIMARY KEY,
@@ -163,7 +163,7 @@ def m004_evaluations(db: Database) -> None:
         suite_key TEXT NOT NULL,                -- hash of what the suite held: same key, same numbers
         evaluated_at REAL NOT NULL,
         seconds REAL NOT NULL,
-        metrics TEXT NOT NULL,                  -- JSON, see trainers/evaluate.py
+        metrics TEXT NOT NULL,                  -- JSON, see trainers/gate/metrics.py
         fingerprint BLOB NOT NULL,              -- float32 embeddings of the fingerprint answers
         decision TEXT NOT NULL CHECK (decision IN ('baseline', 'reference', 'promoted', 'rejected', 'kept',
                                                    'rolled_back')),
@@ -177,7 +177,7 @@ def m004_evaluations(db: Database) -> None:
 @migration
 def m005_history(db: Database) -> None:
     # What `dreamctl report` draws that no other table keeps: every training round with its
-    # per-step losses, and every move of a pointer with why and by whom (daemon/history.py).
+    # per-step losses, and every move of a pointer with why and by whom (daemon/gate/history.py).
     _run(db, """
     CREATE TABLE training_rounds (
         id INTEGER PRIMARY KEY,
@@ -211,7 +211,8 @@ def migrate(db: Database) -> list[str]:
     applied_now = []
     with write(db):
         db.execute(
-            "CREATE TABLE IF NOT EXISTS _migrations (number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS _migrations "
+            "(number INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
         applied = dict(db.execute("SELECT number, name FROM _migrations").fetchall())
         if applied and max(applied) > len(MIGRATIONS):

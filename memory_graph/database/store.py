@@ -10,9 +10,9 @@ SQLITE_BUSY at once, busy_timeout or not). synchronous=FULL because a file leave
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from sqlite_utils import Database

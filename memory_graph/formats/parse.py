@@ -16,8 +16,8 @@ from dreamd.memory_graph.formats.records import (
     Conversation,
     MalformedRecord,
     Message,
-    ParseError,
     Parsed,
+    ParseError,
     normalize_role,
     text_of,
     to_timestamp,
@@ -38,7 +38,8 @@ def parse_bytes(data: bytes) -> Parsed:
         raise ParseError("the file is empty")
     parsed = parse_text(text)
     if not parsed.message_count:
-        detail = f"; skipped {parsed.skipped} malformed records, first: {parsed.skip_reasons[0]}" if parsed.skipped else ""
+        detail = (f"; skipped {parsed.skipped} malformed records, first: {parsed.skip_reasons[0]}"
+                  if parsed.skipped else "")
         raise ParseError(f"no messages found in this {parsed.format} file{detail}",
                          parsed.skip_reasons[0].split(":")[0] if parsed.skip_reasons else None)
     return parsed
@@ -150,7 +151,8 @@ def _openai_conversation(record: dict, where: str, parsed: Parsed) -> Conversati
         except RECORD_ERRORS as exc:
             parsed.skip(f"{where}, message {index}", _reason(exc))
     external = next((record[k] for k in ("id", *CONVERSATION_KEYS) if isinstance(record.get(k), str)), None)
-    return Conversation(messages, external, record.get("title") if isinstance(record.get("title"), str) else None, where)
+    title = record.get("title") if isinstance(record.get("title"), str) else None
+    return Conversation(messages, external, title, where)
 
 
 def _openai_message(item: Any, where: str) -> Message | None:

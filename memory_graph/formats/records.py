@@ -8,7 +8,7 @@ record inside a readable file is skipped and counted in `Parsed.skipped`, never 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -99,7 +99,7 @@ def to_timestamp(value: Any) -> float | None:
         except ValueError:
             return None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     return None
 

@@ -35,10 +35,12 @@ def long_example(tokenizer, context_tokens: int):
 
     chats = [json.loads(line)["messages"] for line in SAMPLES.read_text().splitlines() if line.strip()]
     history = []
-    while len(tokenizer(tokenizer.apply_chat_template(history + chats[0], tokenize=False))["input_ids"]) < context_tokens + 200:
+    while (len(tokenizer(tokenizer.apply_chat_template(history + chats[0], tokenize=False))["input_ids"])
+           < context_tokens + 200):
         history += [m for chat in chats for m in chat]
     answer = " ".join(m["content"] for m in chats[0] + chats[1] + chats[2])
-    messages = [*history, {"role": "user", "content": "Summarise what we agreed."}, {"role": "assistant", "content": answer}]
+    messages = [*history, {"role": "user", "content": "Summarise what we agreed."},
+                {"role": "assistant", "content": answer}]
     encoded = encode_example(tokenizer, TrainingExample("bench", messages), max_context_tokens=context_tokens)
     assert len(encoded.context_ids) == context_tokens and len(encoded.response_ids) >= RESPONSE_TOKENS
     return EncodedExample("bench", encoded.context_ids, encoded.response_ids[:RESPONSE_TOKENS])

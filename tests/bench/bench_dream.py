@@ -32,8 +32,8 @@ def main() -> None:
 
     import torch
 
-    from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
     from dreamd.daemon.dreaming.dreams import dream
+    from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
     from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
     from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
     from dreamd.memory_graph.embedder import Embedder
@@ -43,9 +43,8 @@ def main() -> None:
     from dreamd.trainers.settings import ModelSettings
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.helpers.dreams import sample_graph
-
     from dreamd.daemon.service.logs import configure_logging
+    from tests.helpers.dreams import sample_graph
 
     configure_logging("console", "warning")  # stderr: stdout carries only the result
     if args.threads:

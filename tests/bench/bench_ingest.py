@@ -46,7 +46,8 @@ def synthetic_files(folder: Path, messages: int, per_file: int, seed: int = 0) -
             chat = []
             for _ in range(2):
                 x = rng.choice(TOPICS[topic])
-                chat += [{"role": "user", "content": rng.choice(ASKS).format(x=x) + f" (ticket {rng.randint(100, 99999)})"},
+                chat += [{"role": "user",
+                          "content": rng.choice(ASKS).format(x=x) + f" (ticket {rng.randint(100, 99999)})"},
                          {"role": "assistant", "content": rng.choice(ANSWERS).format(x=x)}]
             lines.append(json.dumps({"messages": chat}))
             written += 4
@@ -99,7 +100,7 @@ def main() -> None:
             for path in files:
                 shutil.copy2(path, layout.inbox_folder("new") / path.name)
             started = time.perf_counter()
-            ingester = Ingester(layout, embedder, inbox, GraphSettings())
+            ingester = Ingester(layout.inbox, layout.database, embedder, inbox, GraphSettings())
             report = ingester.drain()
             ingest_best = min(ingest_best, time.perf_counter() - started)
             assert report.messages == args.messages // 4 * 4 and report.ingested == len(files), report.to_dict()

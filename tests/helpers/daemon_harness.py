@@ -1,8 +1,9 @@
 """The real `dreamd` as a subprocess, with a datagram socket standing in for systemd.
 
-`Daemon` runs dreamd on a temporary state dir with $NOTIFY_SOCKET and $WATCHDOG_USEC set, records
-every notify datagram, and drives it with the real `dreamctl`. By default the stages are scripted
-fakes (tests/service_fakes.py); `stages=None` runs the real ones (ingest, dreams, training, gate).
+`Daemon` runs dreamd (through production's `DreamdProcess`, as `dreamctl demo` does) on a temporary
+state dir with $NOTIFY_SOCKET and $WATCHDOG_USEC set, records every notify datagram, and drives it
+with the real `dreamctl`. By default the stages are scripted fakes (tests/helpers/service_fakes.py);
+`stages=None` runs the real ones (ingest, dreams, training, gate).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from dreamd.daemon.service.process import DreamdProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -70,7 +72,7 @@ def real_stages_config(model_dir: Path, dreams: int) -> str:
 
 
 def save_tiny_model(folder: Path) -> Path:
-    """tests/tiny.py's model and tokenizer as a model directory `model.path` can name."""
+    """tests/helpers/tiny.py's model and tokenizer as a model directory `model.path` can name."""
     from tests.helpers.tiny import tiny_llama, tiny_tokenizer
 
     tiny_llama().save_pretrained(folder)
@@ -79,13 +81,15 @@ def save_tiny_model(folder: Path) -> Path:
 
 
 class Daemon:
+    """The test fixture around production's `DreamdProcess`: a temporary state dir and config, a
+    datagram socket standing in for systemd's, and the real `dreamctl` to drive the daemon."""
+
     def __init__(self, tmp_path: Path, cycle_seconds: float = 0.2, stop_timeout: float = 3.0,
                  config: str | None = None, stages: str | None = FAKE_STAGES):
         self.tmp = tmp_path
         self.state = tmp_path / "state"
         self.config = tmp_path / "dreamd.toml"
         self.config.write_text(config if config is not None else FAKE_CONFIG.format(stop_timeout=stop_timeout))
-        self.stages = stages
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify.sock"))
         self.received: queue.Queue[str] = queue.Queue()  # drained at once, as systemd would
@@ -95,14 +99,16 @@ class Daemon:
                     "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000",
                     "PYTHONPATH": str(REPO), "DREAMD_FAKE_CYCLE_SECONDS": str(cycle_seconds)}
         self.env.pop("WATCHDOG_PID", None)
-        self.proc = None
-        self.log = None
+        self.process = DreamdProcess(["--stages", stages] if stages else [], tmp_path / "dreamd.stderr",
+                                     env=self.env, cwd=tmp_path)
 
-    def start(self) -> "Daemon":
-        if self.log is None:
-            self.log = open(self.tmp / "dreamd.stderr", "a")
-        extra = ["--stages", self.stages] if self.stages else []
-        self.proc = subprocess.Popen([str(BIN / "dreamd"), *extra], env=self.env, cwd=self.tmp, stderr=self.log)
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The running (or last) dreamd's Popen, for the tests' signals and exit codes."""
+        return self.process.popen
+
+    def start(self) -> Daemon:
+        self.process.start()
         return self
 
     def _listen(self) -> None:
@@ -148,16 +154,17 @@ class Daemon:
         raise AssertionError(f"condition not met; last status {status}\n{self.stderr()}")
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, as systemd stops it; returns the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.wait_for("STOPPING=1", timeout=10)
-        return self.proc.wait(timeout=timeout)
+        """SIGTERM, as systemd stops it (SIGKILL after `timeout`); returns the exit code, once
+        dreamd has said STOPPING=1."""
+        code = self.process.stop(timeout=timeout)
+        self.wait_for("STOPPING=1", timeout=10)  # sent before it exited: already queued
+        return code
 
     def kill(self) -> None:
         """SIGKILL, then wait until its children are gone too: the cycle's child dies with it
         (PR_SET_PDEATHSIG), multiprocessing's resource tracker when its pipe closes."""
         children = children_of(self.proc.pid)  # before the kill: orphans get another parent
-        self.proc.send_signal(signal.SIGKILL)
+        self.proc.kill()
         self.proc.wait(timeout=10)
         deadline = time.monotonic() + 10
         while any(alive(pid) for pid in children):
@@ -165,15 +172,14 @@ class Daemon:
             time.sleep(0.05)
 
     def stderr(self) -> str:
-        return (self.tmp / "dreamd.stderr").read_text()[-3000:]
+        """The end of dreamd's output (stdout and stderr, every start), for failure messages."""
+        return self.process.log_path.read_text()[-3000:]
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.process.running():  # a test that failed half-way: leave no daemon behind
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
-        if self.log:
-            self.log.close()
 
 
 def alive(pid: int) -> bool:

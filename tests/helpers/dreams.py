@@ -21,7 +21,8 @@ GRAPH = GraphSettings(min_similarity=0.2)
 def sample_graph(root: Path, embedder=None) -> Ingester:
     """The six sample logs ingested into a fresh state dir (the cheap hash embedder by default)."""
     layout = StateLayout(root).ensure()
-    ingester = Ingester(layout, embedder or HashEmbedder(), InboxSettings(stable_seconds=0.0), GRAPH)
+    ingester = Ingester(layout.inbox, layout.database, embedder or HashEmbedder(), InboxSettings(stable_seconds=0.0),
+                        GRAPH)
     dropped = {ingester.inbox.drop(path).name for path in sample_files()}
     ingester.drain(trusted=frozenset(dropped))
     return ingester
@@ -60,3 +61,13 @@ class ScriptedGenerator:
             finish = "timeout" if kind == self.timeout_on else "stop"
             out.append(Generation(reply, len(reply) // 4, finish))
         return out
+
+
+def install_scripted(monkeypatch, **kwargs) -> ScriptedGenerator:
+    """A ScriptedGenerator in place of generation, wherever dreaming and the signal agent call it."""
+    from dreamd.daemon.dreaming import dreams, signal_agent
+
+    generator = ScriptedGenerator(**kwargs)
+    monkeypatch.setattr(dreams, "generate_chats", generator)
+    monkeypatch.setattr(signal_agent, "generate_chats", generator)
+    return generator

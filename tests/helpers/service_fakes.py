@@ -10,11 +10,11 @@ import os
 import time
 from pathlib import Path
 
-from dreamd.daemon.loop.stages import Stages
+from dreamd.daemon.loop import Stages
 
 
 def build() -> Stages:
-    return Stages(ingest=ingest, cycle="tests.helpers.service_fakes:cycle", reevaluate=None)
+    return Stages(ingest=ingest, cycle=cycle, reevaluate=None)
 
 
 def ingest(config, layout) -> dict:

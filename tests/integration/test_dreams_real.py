@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from dreamd.daemon.dreaming.batch import dream_batch
+from dreamd.daemon.dreaming.dreams import Dream
 from dreamd.daemon.dreaming.records import load_dream
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
-from dreamd.daemon.dreaming.dreams import Dream
 from dreamd.daemon.dreaming.signal_agent import divergences
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.settings import EmbedderSettings

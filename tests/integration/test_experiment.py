@@ -63,7 +63,8 @@ def test_quick_memory_formation_experiment(default_model_dir, tmp_path):
     for phase, per_arm in results["budget"].items():
         assert per_arm["dream_loop"] == per_arm["plain_finetune"], phase  # the same step budget
     for a, b in zip(arms["dream_loop"], arms["plain_finetune"], strict=True):
-        assert (a["index"], a["phase"], a["steps"], a["examples"]) == (b["index"], b["phase"], b["steps"], b["examples"])
+        assert ((a["index"], a["phase"], a["steps"], a["examples"])
+                == (b["index"], b["phase"], b["steps"], b["examples"]))
     for points in arms.values():
         for point in points:
             m = point["measurement"]

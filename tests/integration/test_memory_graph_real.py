@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from dreamd.daemon.cli.dreamctl import main as dreamctl
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.settings import GraphSettings
-from dreamd.memory_graph.database.store import open_store
 
 pytestmark = pytest.mark.real_model
 

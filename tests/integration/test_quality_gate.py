@@ -5,15 +5,17 @@ import string
 
 import pytest
 
-from dreamd.daemon.config import config_from_dict
 from dreamd.daemon.cli.demo import sample_files
-from dreamd.daemon.gate.judge import Evaluator, gate_candidate, held_out_nodes, last_decision, recheck_current
-from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.daemon.config import config_from_dict
 from dreamd.daemon.dreaming.training_set import replay_example
+from dreamd.daemon.gate.evaluations import last_decision
+from dreamd.daemon.gate.judge import Evaluator, apply_judgement, judge_candidate, recheck_current
+from dreamd.daemon.gate.suite import held_out_nodes
+from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.ingest import Ingester
-from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
+from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.model_store import load_model
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import TrainingSettings
@@ -30,7 +32,7 @@ def world(default_model_dir, tmp_path_factory):
     })
     layout = StateLayout(tmp_path_factory.mktemp("gate-state")).ensure()
     embedder = Embedder(config.embedder)
-    ingester = Ingester(layout, embedder, config.inbox, config.graph)
+    ingester = Ingester(layout.inbox, layout.database, embedder, config.inbox, config.graph)
     dropped = {ingester.inbox.drop(path).name for path in sample_files()}
     ingester.drain(trusted=frozenset(dropped))
     return config, layout, ingester.db, embedder
@@ -38,7 +40,9 @@ def world(default_model_dir, tmp_path_factory):
 
 def garbage_examples(count: int) -> list[TrainingExample]:
     rng = random.Random(0)
-    noise = lambda n: "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))  # noqa: E731
+    def noise(n: int) -> str:
+        return "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))
+
     return [TrainingExample(f"garbage:{i}", [{"role": "user", "content": noise(30)},
                                              {"role": "assistant", "content": noise(60)}]) for i in range(count)]
 
@@ -56,7 +60,7 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
     # A destructive update: a huge learning rate on garbage text.
     wrecker = TrainingSettings(lora_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw")
     bad = train_round(load_model(config.model, layout.models), garbage_examples(8), wrecker, layout)
-    result = gate_candidate(config, layout, db, bad, embedder.encode)
+    result = apply_judgement(layout, db, judge_candidate(config, layout, db, bad, embedder.encode))
     assert result["decision"] == "rejected" and result["reasons"], result
     assert read_pointer(layout, "current") == BASE and read_pointer(layout, "last_good") == BASE
     assert result["eval_seconds"] <= 60, "a candidate's evaluation must take at most 60 s on 2 cores"
@@ -64,7 +68,7 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
     # A benign round: the default small steps on the real exchanges.
     good = train_round(load_model(config.model, layout.models), trained_exchanges(db, config)[:8],
                        TrainingSettings(batch_size=4), layout)
-    result = gate_candidate(config, layout, db, good, embedder.encode)
+    result = apply_judgement(layout, db, judge_candidate(config, layout, db, good, embedder.encode))
     assert result["decision"] == "promoted", result["reasons"]
     assert read_pointer(layout, "current") == good == read_pointer(layout, "last_good")
     assert last_decision(db)["decision"] == "promoted"

@@ -1,6 +1,6 @@
 """The real `dreamd` as a subprocess, with a datagram socket standing in for systemd.
 
-The stages are scripted fakes (tests/service_fakes.py): the cycle still runs in dreamd's child
+The stages are scripted fakes (tests/helpers/service_fakes.py): the cycle still runs in dreamd's child
 process, so stopping and killing in the middle of one is the real thing.
 """
 
@@ -39,7 +39,8 @@ def test_lifecycle_under_a_fake_systemd(daemons):
     assert any(line.startswith("STATUS=") for line in ready.split("\n"))
     d.wait_for("WATCHDOG=1", timeout=5)
     status = d.status()
-    assert (status["source"], status["daemon"], status["phase"], status["paused"]) == ("daemon", "running", "idle", False)
+    assert (status["source"], status["daemon"], status["phase"], status["paused"]) == \
+        ("daemon", "running", "idle", False)
     assert status["pid"] == d.proc.pid and "dream-cycle" in status["next_runs"]
 
     drop(d.state, "chat.jsonl", lines=3)  # noticed by the inbox watch, not the 60 s rescan

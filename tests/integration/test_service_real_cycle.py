@@ -7,9 +7,9 @@ rejection), `dreamctl status --json`, `dreamctl rollback` through the daemon, an
 same cycle interrupted by SIGKILL at seeded random moments, restarting each time: nothing may be
 lost, doubled or left half-written.
 
-The tiny model (tests/tiny.py, saved as a model directory) keeps these quick; one variant runs the
+The tiny model (tests/helpers/tiny.py, saved as a model directory) keeps these quick; one variant runs the
 real default model. The embedder is the real default in both; the settings are small ones
-(tests/daemon_harness.py `real_stages_config`).
+(tests/helpers/daemon_harness.py `real_stages_config`).
 """
 
 import json

@@ -4,7 +4,7 @@ completion-only loss, and one LoRA round whose checkpoint loads with PEFT as it 
 import pytest
 import torch
 
-from dreamd.trainers.checkpoints.weights import load_model_for
+from dreamd.trainers.checkpoints.weights import load_as
 from dreamd.trainers.context_frozen import completion_only_loss, frozen_losses
 from dreamd.trainers.examples import TrainingExample, encode_example, encode_examples
 from dreamd.trainers.model_store import load_model
@@ -35,7 +35,8 @@ def test_boundary_tokens_match_the_whole_conversation(loaded):
         "{% else %}A: {{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}A: {% endif %}"
     )
     messages = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
-    full = tokenizer_copy(tokenizer_copy.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    full = tokenizer_copy(tokenizer_copy.apply_chat_template(messages, tokenize=False),
+                          add_special_tokens=False)["input_ids"]
     prompt = tokenizer_copy.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     naive = tokenizer_copy(prompt, add_special_tokens=False)["input_ids"] + tokenizer_copy(
         "Paris\n", add_special_tokens=False)["input_ids"]
@@ -65,14 +66,15 @@ def test_a_lora_round_lowers_the_loss_and_its_checkpoint_loads(models_dir, tmp_p
     layout = state(tmp_path)
     settings = TrainingSettings(mode="lora", lora_learning_rate=1e-3, batch_size=2, epochs=3)
     examples = [TrainingExample(f"fact{i}", FACT) for i in range(4)]
-    fresh = lambda: load_model(ModelSettings(device="cpu"), models_dir)  # noqa: E731
+    def fresh():
+        return load_model(ModelSettings(device="cpu"), models_dir)
+
     base = fresh()
     encoded = encode_examples(base.tokenizer, examples[:1], 2048)
     with torch.no_grad():
         before = frozen_losses(base.model, encoded, base.tokenizer.pad_token_id)[0]
     checkpoint = train_round(fresh(), examples, settings, layout)
-    model, loaded_id = load_model_for(layout, checkpoint, lambda: fresh().model)
-    assert loaded_id == checkpoint
+    trained = load_as(ModelSettings(device="cpu"), models_dir, layout, checkpoint)  # verified, then loaded
     with torch.no_grad():
-        after = frozen_losses(model, encoded, base.tokenizer.pad_token_id)[0]
+        after = frozen_losses(trained.model, encoded, base.tokenizer.pad_token_id)[0]
     assert after < 0.8 * before, (before, after)

@@ -17,8 +17,8 @@ def make_ingester(layout):
     made = []
 
     def make(**inbox):
-        ingester = Ingester(layout, HashEmbedder(), InboxSettings(**{"stable_seconds": 0.0, **inbox}),
-                            GraphSettings(min_similarity=0.2))
+        ingester = Ingester(layout.inbox, layout.database, HashEmbedder(),
+                            InboxSettings(**{"stable_seconds": 0.0, **inbox}), GraphSettings(min_similarity=0.2))
         made.append(ingester)
         return ingester
 

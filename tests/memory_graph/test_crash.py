@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import integrity_ok, open_store
 from dreamd.memory_graph.formats.parse import parse_bytes
 from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.inbox import Inbox
 from dreamd.memory_graph.memories import plan_conversations
 from dreamd.memory_graph.settings import InboxSettings
-from dreamd.memory_graph.database.store import integrity_ok, open_store
 
 WORKER = Path(__file__).with_name("ingest_worker.py")
 KILLS = 22
@@ -27,7 +27,8 @@ def chat_file(folder: Path, index: int, rng: random.Random) -> Path:
         messages = []
         for turn in range(rng.randint(1, 3)):
             messages += [{"role": "user", "content": f"file {index} chat {c} turn {turn}: {rng.random():.6f}"},
-                         {"role": "assistant", "content": f"reply {turn} about {rng.choice(['deploys', 'queues', 'tomatoes'])}"}]
+                         {"role": "assistant",
+                          "content": f"reply {turn} about {rng.choice(['deploys', 'queues', 'tomatoes'])}"}]
         lines.append(json.dumps({"messages": messages}))
     path = folder / f"log-{index:03d}.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -37,7 +38,7 @@ def chat_file(folder: Path, index: int, rng: random.Random) -> Path:
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     rng = random.Random(20240601)
     layout = StateLayout(tmp_path / "state").ensure()
-    inbox = Inbox(layout, InboxSettings())
+    inbox = Inbox(layout.inbox, InboxSettings())
     sources = tmp_path / "sources"
     sources.mkdir()
     dropped: list[Path] = []
@@ -72,7 +73,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
     # The kills must hit the work, not only the start-up: some left a claimed file behind.
     assert caught_mid_file >= 4, caught_mid_file
 
-    finish = subprocess.run([sys.executable, str(WORKER), str(layout.root)], capture_output=True, text=True, timeout=120)
+    finish = subprocess.run([sys.executable, str(WORKER), str(layout.root)],
+                            capture_output=True, text=True, timeout=120)
     assert finish.returncode == 0, finish.stderr
 
     expected = set()

@@ -110,7 +110,8 @@ def test_unusable_files_raise_with_reason_and_place(data, reason, where):
 
 def test_chatgpt_broken_parent_chain_is_a_skipped_record_not_a_crash():
     good = json.loads((SAMPLES / "chatgpt_conversations.json").read_text())[1]
-    broken = {"title": "x", "current_node": "a", "mapping": {"a": {"parent": "b", "message": None}, "b": {"parent": "a"}}}
+    broken = {"title": "x", "current_node": "a",
+              "mapping": {"a": {"parent": "b", "message": None}, "b": {"parent": "a"}}}
     parsed = parse_bytes(json.dumps([broken, good]).encode())
     assert parsed.skipped == 1 and "parent chain" in parsed.skip_reasons[0]
     assert len(parsed.conversations) == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from dreamd.memory_graph.graph import MemoryGraph
 from dreamd.memory_graph.database.store import connect, integrity_ok
+from dreamd.memory_graph.graph import MemoryGraph
 
 SAMPLES = Path(__file__).resolve().parents[2] / "memory_graph" / "samples"
 ALL_SAMPLES = sorted(p for p in SAMPLES.iterdir() if p.name != "README.md")

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.formats.parse import parse_bytes
-from dreamd.memory_graph.ingest import Ingester
 from dreamd.memory_graph.formats.records import ParseError
+from dreamd.memory_graph.ingest import Ingester
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
 from tests.helpers.fakes import HashEmbedder
 
@@ -27,7 +27,8 @@ json_values = st.recursive(
 
 def ends_somewhere(tmp_path_factory, name: str, data: bytes):
     layout = StateLayout(tmp_path_factory.mktemp("prop") / "state").ensure()
-    ingester = Ingester(layout, HashEmbedder(8), InboxSettings(stable_seconds=0.0), GraphSettings())
+    ingester = Ingester(layout.inbox, layout.database, HashEmbedder(8), InboxSettings(stable_seconds=0.0),
+                        GraphSettings())
     (layout.inbox_folder("new") / name).write_bytes(data)
     report = ingester.drain()
     done = list(layout.inbox_folder("done").iterdir())

@@ -31,11 +31,15 @@ def die(*_args) -> None:
 def write(layout: StateLayout, phase: str) -> None:
     first = train_round(tiny_loaded(), chats(2), SETTINGS, layout)
     print("ID", first, flush=True)
+    def die_at_phase(name: str) -> None:
+        if name == phase:
+            die()
+
     if phase == "writing":  # in the middle of the payload: weights written, optimizer state not
         checkpoint_io.save_optimizer = die
         on_phase = None
     else:
-        on_phase = lambda name: die() if name == phase else None  # noqa: E731
+        on_phase = die_at_phase
     second = train_round(tiny_loaded(), chats(2, "b"), SETTINGS, layout, parent_id=first, on_phase=on_phase)
     print("ID", second, flush=True)
 
@@ -46,7 +50,8 @@ def train(layout: StateLayout, ref: Path) -> None:
     trainer = start_trainer(tiny_loaded(), SETTINGS, layout)
     trainer.run(checkpoint_io_encode(trainer, chats(4)))
     first = trainer.save(layout)
-    tensors = {f"adapter/{k}": v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(trainer.model).items()}
+    tensors = {f"adapter/{k}": v.detach().clone().contiguous()
+               for k, v in get_peft_model_state_dict(trainer.model).items()}
     tensors["rng/torch"] = torch.get_rng_state()
     tensors["rng/order"] = trainer.generator.get_state()
     steps = [float(state["step"]) for state in trainer.optimizer.state.values()]

@@ -12,9 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamd.trainers.checkpoints.weights import ADAPTER_DIR, OPTIMIZER_TENSORS, load_model_for
-from dreamd.trainers.checkpoints.manifest import MANIFEST, CheckpointError, checkpoint_dir, verify_checkpoint
-from dreamd.trainers.checkpoints.pointers import BASE, latest_checkpoint, resolve, resolve_pointer, set_pointer
+from dreamd.trainers.checkpoints.manifest import (
+    MANIFEST,
+    CheckpointError,
+    checkpoint_dir,
+    checkpoint_ids,
+    clean_staging,
+    verify_checkpoint,
+)
+from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer, verify_loadable
+from dreamd.trainers.checkpoints.weights import ADAPTER_DIR, OPTIMIZER_TENSORS, load_weights
 from dreamd.trainers.round import start_trainer, train_round
 from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.tiny import tiny_llama
@@ -42,21 +49,23 @@ def test_sigkill_during_a_checkpoint_write(tmp_path, phase, survives):
     layout = state(tmp_path)
     _code, printed = run_worker("write", layout.root, phase)
     first = printed[0]
-    leftovers = list(layout.checkpoints.glob("*.tmp"))
+    leftovers = sorted(p.name for p in layout.checkpoints.glob("*.tmp"))
     assert bool(leftovers) is not survives  # killed before the rename: a .tmp is left behind
-    latest = latest_checkpoint(layout)
-    assert not list(layout.checkpoints.glob("*.tmp"))  # ... and removed by the next load
-    others = [p.name for p in layout.checkpoints.iterdir() if p.name != first]
+    published = checkpoint_ids(layout.checkpoints)  # ... which is never taken for a checkpoint
+    others = [cid for cid in published if cid != first]
     if survives:  # renamed, only the folder's fsync missing: complete, and it verifies
-        assert latest == others[0] and verify_checkpoint(layout.checkpoints, latest).parent == first
+        assert published == [first, others[0]] and verify_loadable(layout, others[0]).parent == first
     else:
-        assert latest == first and others == []
-    model, loaded = load_model_for(layout, latest, tiny_llama)
-    assert loaded == latest and model(torch.tensor([[5, 6]])).logits.isfinite().all()
+        assert published == [first]
+    assert clean_staging(layout.checkpoints) == leftovers  # garbage, removable at any time
+    assert not list(layout.checkpoints.glob("*.tmp")) and checkpoint_ids(layout.checkpoints) == published
+    for checkpoint in published:  # every published checkpoint loads whole
+        model = load_weights(layout, checkpoint, tiny_llama)
+        assert model(torch.tensor([[5, 6]])).logits.isfinite().all()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bitflip"])
-def test_a_damaged_weight_file_is_refused_naming_it_and_its_parent_loads(tmp_path, damage, caplog):
+def test_a_damaged_weight_file_is_refused_naming_it_and_its_parent_still_loads(tmp_path, damage):
     layout = state(tmp_path)
     parent = train_round(tiny_loaded(), chats(2), SETTINGS, layout)
     child = train_round(tiny_loaded(), chats(2, "b"), SETTINGS, layout, parent_id=parent)
@@ -70,12 +79,15 @@ def test_a_damaged_weight_file_is_refused_naming_it_and_its_parent_loads(tmp_pat
     with pytest.raises(CheckpointError) as refused:
         verify_checkpoint(layout.checkpoints, child)
     assert refused.value.path == weights and "adapter_model.safetensors" in str(refused.value)
-    set_pointer(layout, "current", parent)
-    (layout.current_pointer).write_text(child + "\n")  # as if the pointer had been set before the damage
-    chosen, errors = resolve_pointer(layout, "current")
-    assert chosen == parent and errors[0].path == weights
-    model, loaded = load_model_for(layout, child, tiny_llama)
-    assert loaded == parent
+    with pytest.raises(CheckpointError) as refused:
+        set_pointer(layout, "current", child)  # a pointer is never moved onto it
+    assert refused.value.path == weights and read_pointer(layout, "current") == BASE
+    layout.current_pointer.write_text(child + "\n")  # as if the pointer had been set before the damage
+    with pytest.raises(CheckpointError) as refused:
+        load_weights(layout, read_pointer(layout, "current"), tiny_llama)  # loading verifies first
+    assert refused.value.path == weights
+    model = load_weights(layout, parent, tiny_llama)
+    assert model(torch.tensor([[5, 6]])).logits.isfinite().all()
 
 
 class Payload:
@@ -110,7 +122,9 @@ def test_a_planted_pickle_is_refused_and_never_runs(tmp_path, rehash):
         verify_checkpoint(layout.checkpoints, child)
     with pytest.raises(CheckpointError):
         start_trainer(tiny_loaded(), SETTINGS, layout, parent_id=child)  # resuming from it: refused
-    assert resolve(layout, child)[0] == parent
+    with pytest.raises(CheckpointError):
+        load_weights(layout, child, tiny_llama)  # loading it: refused
+    assert verify_loadable(layout, parent).id == parent  # its parent is untouched
     assert not marker.exists()
 
 
@@ -119,7 +133,8 @@ def test_kill_during_training_then_resume_restores_what_was_saved(tmp_path):
     ref_path = tmp_path / "saved.safetensors"
     _code, printed = run_worker("train", layout.root, ref_path)
     saved = printed[0]
-    assert latest_checkpoint(layout) == saved  # the killed round left nothing published
+    assert checkpoint_ids(layout.checkpoints) == [saved]  # the killed round left nothing published
+    verify_loadable(layout, saved)
     ref = load_file(str(ref_path))
     torch.manual_seed(999)  # disturb the RNG: resuming must restore it
     trainer = start_trainer(tiny_loaded(), SETTINGS, layout, parent_id=saved)

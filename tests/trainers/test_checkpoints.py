@@ -8,12 +8,20 @@ import torch
 from click.testing import CliRunner
 
 from dreamd.daemon.cli.dreamctl import main as dreamctl
-from dreamd.trainers import context_frozen, round as round_module
-from dreamd.trainers.checkpoints.weights import ADAPTER_DIR, MODEL_DIR, load_model_for, load_weights
+from dreamd.trainers import context_frozen
+from dreamd.trainers import round as round_module
 from dreamd.trainers.checkpoints.manifest import MANIFEST, CheckpointError, checkpoint_dir, verify_checkpoint
 from dreamd.trainers.checkpoints.pointers import (
-    BASE, apply_retention, keep_set, lineage, read_pointer, resolve, rollback, set_pointer,
+    BASE,
+    apply_retention,
+    keep_set,
+    lineage,
+    read_pointer,
+    rollback,
+    set_pointer,
+    verify_loadable,
 )
+from dreamd.trainers.checkpoints.weights import ADAPTER_DIR, MODEL_DIR, load_weights
 from dreamd.trainers.round import start_trainer, train_round
 from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.tiny import tiny_llama
@@ -75,8 +83,9 @@ def test_mode_changes_along_a_lineage_load(tmp_path):
     on_full = train_round(tiny_loaded(), chats(2), LORA, layout, parent_id=full)
     assert verify_checkpoint(layout.checkpoints, on_full).base_weights == full
     merged = train_round(tiny_loaded(), chats(2), FULL, layout, parent_id=on_full)
-    model, loaded_id = load_model_for(layout, merged, tiny_llama)
-    assert loaded_id == merged and model(torch.tensor([[5, 6]])).logits.isfinite().all()
+    assert verify_loadable(layout, merged).id == merged
+    model = load_weights(layout, merged, tiny_llama)
+    assert model(torch.tensor([[5, 6]])).logits.isfinite().all()
     set_pointer(layout, "current", on_full)
     assert keep_set(layout, keep_last=1) == {merged, on_full, full}  # full: the weights on_full builds on
 
@@ -88,7 +97,9 @@ def test_resume_continues_exactly(tmp_path):
     first, second = chats(4, "a"), chats(5, "b")
     torch.manual_seed(7)
     continuous = start_trainer(tiny_loaded(), settings, layout)
-    encode = lambda ex: round_module.encode_examples(continuous.tokenizer, ex, 512)  # noqa: E731
+    def encode(ex):
+        return round_module.encode_examples(continuous.tokenizer, ex, 512)
+
     continuous.run(encode(first))
     saved = continuous.save(layout)
     continuous.run(encode(second))
@@ -161,7 +172,8 @@ def test_unlisted_or_unsafe_files_are_refused(tmp_path):
     extra.write_text("hi")
     with pytest.raises(CheckpointError, match="not listed"):
         verify_checkpoint(layout.checkpoints, a)
-    assert resolve(layout, a)[0] == BASE
+    with pytest.raises(CheckpointError, match="not listed"):
+        load_weights(layout, a, tiny_llama)  # loading verifies first: the refused one never loads
 
 
 def test_dreamctl_lists_and_rolls_back(tmp_path):

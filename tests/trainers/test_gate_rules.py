@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from dreamd.trainers.gate.rules import GateSettings, cumulative_forgetting, decide, forgetting_per_slice
+from dreamd.trainers.gate.rules import cumulative_forgetting, decide, forgetting_per_slice
+from dreamd.trainers.settings import GateSettings
 
 
 def metrics(**overrides):

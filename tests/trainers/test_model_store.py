@@ -3,11 +3,9 @@ import json
 import logging
 
 import pytest
-
 import structlog
 
 from dreamd.daemon.service.logs import configure_logging
-from dreamd.trainers import model_store
 from dreamd.trainers.generate import chat_reply
 from dreamd.trainers.model_store import ModelLoadError, load_model
 from dreamd.trainers.settings import ModelSettings

@@ -20,11 +20,11 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from dreamd.trainers.atomic import fsync_path, fsync_tree, publish_dir, sha256_file, staging_dir
+from dreamd.trainers.atomic import fsync_path, fsync_tree, sha256_file, staging_dir
 
 MANIFEST = "manifest.json"
 FORMAT = 1

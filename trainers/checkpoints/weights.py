@@ -4,7 +4,7 @@ Weights use the formats other tools load as they are: a PEFT adapter directory (
 adapter_config.json + adapter_model.safetensors) or a Hugging Face model directory (`model/`,
 config.json + model.safetensors + tokenizer). Optimizer and RNG state are tensors in safetensors
 plus everything else in JSON, so nothing is ever unpickled: no torch.load anywhere.
-Callers load only checkpoints that `lineage.verify_loadable` accepted.
+Callers load only checkpoints that `pointers.verify_loadable` accepted.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dreamd.daemon.service.state_dir import StateLayout
-from dreamd.trainers.checkpoints.manifest import checkpoint_dir, verify_checkpoint
-from dreamd.trainers.checkpoints.pointers import BASE, verify_loadable
+from dreamd.trainers.checkpoints.manifest import checkpoint_dir
+from dreamd.trainers.checkpoints.pointers import BASE, CheckpointRoots, verify_loadable
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -38,7 +37,7 @@ def save_weights(model, tokenizer, mode: str, folder: Path) -> None:
         tokenizer.save_pretrained(folder / MODEL_DIR)
 
 
-def load_weights(layout: StateLayout, checkpoint_id: str, base_model_factory, trainable: bool = False):
+def load_weights(layout: CheckpointRoots, checkpoint_id: str, base_model_factory, trainable: bool = False):
     """The model a verified checkpoint holds. `base_model_factory()` returns a fresh base model
     (transformers CausalLM); a LoRA checkpoint is put on it (or on the full weights it names)."""
     from transformers import AutoModelForCausalLM
@@ -61,7 +60,7 @@ def load_weights(layout: StateLayout, checkpoint_id: str, base_model_factory, tr
     return load_lora(base, folder / ADAPTER_DIR, trainable=trainable)
 
 
-def load_as(settings, models_dir: Path, layout, checkpoint: str):
+def load_as(settings, models_dir: Path, layout: CheckpointRoots, checkpoint: str):
     """A LoadedModel: a fresh copy of the base model `settings` name, with `checkpoint`'s weights
     when it is not `base` (verified first). The one way every stage loads a checkpoint to use it."""
     from dreamd.trainers.model_store import LoadedModel, load_model

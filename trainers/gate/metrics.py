@@ -7,7 +7,7 @@ Metrics (lower loss is better; all are means):
   loss of the reference answer and by whether the greedy answer contains an accepted string;
 - kl_to_base: KL(base || candidate) of next-token distributions over the probe sequences;
 - fingerprint_to_base / fingerprint_to_previous: cosine similarity of embeddings of the greedy
-  answers to fixed open prompts (seed 000's behavioural fingerprint);
+  answers to fixed open prompts (a behavioural fingerprint);
 - acquisition: response loss of recently taught facts asked in other words.
 
 `BaseReference` holds what is computed once from the frozen base model; `evaluate` runs the suite
@@ -44,7 +44,8 @@ FINGERPRINT_PROMPTS = [
 
 def ask(question: str, answer: str, example_id: str = "") -> TrainingExample:
     """A one-question exchange, for probes and acquisition checks."""
-    return TrainingExample(example_id, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
+    return TrainingExample(example_id, [{"role": "user", "content": question},
+                                        {"role": "assistant", "content": answer}])
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch
     model, tokenizer = loaded.model, loaded.tokenizer
     losses: list[float] = []
     for start in range(0, len(exchanges), batch_size):
-        encoded = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges[start : start + batch_size]]
+        encoded = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS))
+                   for ex in exchanges[start : start + batch_size]]
         width = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)

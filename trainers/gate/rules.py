@@ -12,67 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dreamd.daemon.service.settings_base import require, setting
-
-
-@dataclass
-class EvalSettings:
-    """What every candidate checkpoint is evaluated on (sizes bound the gate's cost)."""
-
-    heldout_percent: int = setting(
-        10, "Percent of ingested exchanges set aside for evaluation and never trained on, chosen by content hash "
-            "(so the choice is made once, at ingest, and never changes)."
-    )
-    slice_size: int = setting(8, "Held-out exchanges per time slice (in ingest order), for forgetting over time.")
-    max_slices: int = setting(
-        6, "Time slices evaluated at most; with more, evenly spaced ones are taken, the oldest and newest always."
-    )
-    acquisition_count: int = setting(
-        8, "Recently ingested (trained-on) exchanges whose answers are asked for again in other words."
-    )
-    history_messages: int = setting(4, "Earlier messages of the conversation kept as context of an exchange.")
-    max_new_tokens: int = setting(32, "Longest greedy answer to a probe or fingerprint prompt, in tokens.")
-
-    def __post_init__(self) -> None:
-        require(0 <= self.heldout_percent <= 50, "heldout_percent", "an integer from 0 to 50", self.heldout_percent)
-        require(1 <= self.slice_size <= 256, "slice_size", "an integer from 1 to 256", self.slice_size)
-        require(1 <= self.max_slices <= 64, "max_slices", "an integer from 1 to 64", self.max_slices)
-        require(0 <= self.acquisition_count <= 256, "acquisition_count", "from 0 to 256", self.acquisition_count)
-        require(0 <= self.history_messages <= 64, "history_messages", "from 0 to 64", self.history_messages)
-        require(1 <= self.max_new_tokens <= 512, "max_new_tokens", "from 1 to 512", self.max_new_tokens)
-
-
-@dataclass
-class GateSettings:
-    """When a candidate checkpoint may become current."""
-
-    max_heldout_loss_increase: float = setting(
-        0.02, "Largest relative rise of the held-out conversation loss against the current model (0.02 = +2%)."
-    )
-    max_probe_loss_increase: float = setting(
-        0.02, "Largest relative rise of the capability probes' reference-answer loss against the current model."
-    )
-    max_probe_accuracy_drop: float = setting(
-        0.0, "Largest fall of the probes' greedy accuracy against the current model (0 = never lower)."
-    )
-    max_kl_to_base: float = setting(
-        0.15, "Largest mean KL divergence (nats) of next-token distributions from the base model on the probe prompts."
-    )
-    min_fingerprint_similarity: float = setting(
-        0.75, "Smallest mean cosine similarity between the candidate's and the base's answers to the fingerprint prompts."
-    )
-    max_cumulative_forgetting: float = setting(
-        0.05, "Largest mean relative rise, over the time slices of held-out exchanges, of the loss against the base model."
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("max_heldout_loss_increase", "max_probe_loss_increase", "max_cumulative_forgetting"):
-            value = getattr(self, name)
-            require(0 <= value <= 10, name, "a number from 0 to 10", value)
-        require(0 <= self.max_probe_accuracy_drop <= 1, "max_probe_accuracy_drop", "from 0 to 1", self.max_probe_accuracy_drop)
-        require(self.max_kl_to_base > 0, "max_kl_to_base", "a positive number of nats", self.max_kl_to_base)
-        require(-1 <= self.min_fingerprint_similarity <= 1, "min_fingerprint_similarity", "from -1 to 1",
-                self.min_fingerprint_similarity)
+from dreamd.trainers.settings import GateSettings
 
 
 @dataclass

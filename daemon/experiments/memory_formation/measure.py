@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from dreamd.daemon.experiments.memory_formation.facts import Probe, probe_example
-from dreamd.trainers.gate.metrics import ask, greedy_accuracy, load_probes, response_losses
 from dreamd.trainers.examples import split_point
+from dreamd.trainers.gate.metrics import ask, greedy_accuracy, load_probes, response_losses
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
 
@@ -52,7 +52,8 @@ def concept_scores(loaded: LoadedModel, probes: list[Probe]) -> dict:
     logprobs = value_logprobs(loaded, probes)
     replies = chat_replies(loaded, [[{"role": "user", "content": p.question}] for p in probes], FACT_TOKENS)
     hits = [_contains(reply, p.accept) for reply, p in zip(replies, probes, strict=True)]
-    confused = [not hit and _contains(reply, p.other_accept) for hit, reply, p in zip(hits, replies, probes, strict=True)]
+    confused = [not hit and _contains(reply, p.other_accept)
+                for hit, reply, p in zip(hits, replies, probes, strict=True)]
     return {
         "logprob": sum(logprobs) / len(logprobs),
         "recall": sum(hits) / len(hits),

@@ -79,7 +79,8 @@ def _events(results: dict) -> list[tuple]:
     events = [(acquired + 0.5, "interference begins", "phase")]
     for p in results["arms"]["dream_loop"]:
         if p["index"] and p.get("outcome") not in ("promoted",):
-            events.append((p["index"], f"(a) {p.get('outcome')}", "rejected" if p.get("outcome") == "rejected" else "other"))
+            kind = "rejected" if p.get("outcome") == "rejected" else "other"
+            events.append((p["index"], f"(a) {p.get('outcome')}", kind))
     return events
 
 
@@ -146,7 +147,8 @@ def summary_lines(results: dict) -> list[str]:
         + "; ".join(f"{phase}: {b['dream_loop']} for the dream loop and {b['plain_finetune']} for plain fine-tuning"
                     for phase, b in budget.items())
         + f". Measured on {qz} held-out Zypher and {qx} Zyphrex questions (one question is {1 / qz:.2f} of recall)."
-        + f" Wall time {results['timings'].get('total', 0) / 60:.1f} min" + (" (--quick)." if results["quick"] else "."),
+        + f" Wall time {results['timings'].get('total', 0) / 60:.1f} min"
+        + (" (--quick)." if results["quick"] else "."),
     ]
     if any(b["dream_loop"] != b["plain_finetune"] for b in budget.values()):
         lines.append("**The budgets differ between the trained arms**, so the comparison below is not like for like.")
@@ -158,13 +160,15 @@ def summary_lines(results: dict) -> list[str]:
 
     lines.append(f"**Acquisition.** After {s['cycles_per_phase']} cycle(s) on the Zypher logs, Zypher recall was "
                  f"{recall_triple('Zypher', a_acq, b_acq)}.")
-    lines.append(f"**Interference.** After the Zyphrex logs, Zyphrex recall was {recall_triple('Zyphrex', a_end, b_end)};"
+    lines.append("**Interference.** After the Zyphrex logs, Zyphrex recall was "
+                 f"{recall_triple('Zyphrex', a_end, b_end)};"
                  f" Zypher questions answered with a Zyphrex value: {a_end['Zypher']['confusion']:.2f} (dream loop), "
                  f"{b_end['Zypher']['confusion']:.2f} (plain fine-tuning).")
     persist = []
     for arm, before, after in (("the dream loop", a_acq, a_end), ("plain fine-tuning", b_acq, b_end)):
         persist.append(f"with {arm} Zypher recall went from {before['Zypher']['recall']:.2f} to "
-                       f"{after['Zypher']['recall']:.2f} and its log-probability from {before['Zypher']['logprob']:.2f} "
+                       f"{after['Zypher']['recall']:.2f} and its log-probability from "
+                       f"{before['Zypher']['logprob']:.2f} "
                        f"to {after['Zypher']['logprob']:.2f}")
     persisted = "; ".join(persist)
     lines.append("**Persistence.** " + persisted[0].upper() + persisted[1:] + ".")
@@ -180,7 +184,8 @@ def summary_lines(results: dict) -> list[str]:
     if rejected:
         gate += f"; {len(rejected)} rejected, first for: {'; '.join(rejected[0].get('gate_reasons', [])[:2]) or '?'}"
     if untrained:
-        gate += (f"; {len(untrained)} cycle(s) trained nothing ({', '.join(sorted({str(p.get('outcome')) for p in untrained}))})")
+        outcomes = ", ".join(sorted({str(p.get("outcome")) for p in untrained}))
+        gate += f"; {len(untrained)} cycle(s) trained nothing ({outcomes})"
     lines.append(gate + ".")
     for p in loop:  # what the gate kept out: the last rejected candidate of each phase
         last_of_phase = p is [q for q in loop if q["phase"] == p["phase"]][-1]

@@ -1,4 +1,5 @@
-"""The memory-formation experiment: seed 004's three-phase protocol, run on dreamd's own loop.
+"""The memory-formation experiment: a three-phase protocol (acquisition, interference, persistence),
+run on dreamd's own loop.
 
     acquisition   logs teaching a made-up animal, the Zypher, go through the inbox; N dream cycles
     interference  logs about a similar animal, the Zyphrex (same questions, other answers); N cycles
@@ -6,7 +7,7 @@
 
 Three arms, same seed, same model, same trainer settings, same step budget:
 
-    (a) dream_loop      the daemon's cycle as it runs (`stages.run_cycle`): dreams from the memory
+    (a) dream_loop      the daemon's cycle as it runs (`loop.cycle.run_cycle`): dreams from the memory
                         graph, the signal agent, a round on accepted dreams + replayed real exchanges
                         (from *every* memory, the Zypher's too during interference), the quality
                         gate; `current` is measured after each cycle, so a rejected candidate
@@ -19,7 +20,7 @@ Three arms, same seed, same model, same trainer settings, same step budget:
     (c) no_training     the base model, measured once: the chance line
 
 (b) runs after (a) because its budget is (a)'s actual one (how many dreams the signal agent kept is
-known only once the cycle ran). Measurements: experiment_measure.py. Artefacts: experiment_report.py.
+known only once the cycle ran). Measurements: measure.py. Artefacts: report.py.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from dreamd.daemon.config import Config, config_from_dict
 from dreamd.daemon.experiments.memory_formation.facts import CONCEPTS, heldout_probes, write_logs
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.atomic import write_atomically
 from dreamd.trainers.checkpoints.pointers import BASE
 
 PHASES = (("acquisition", "Zypher"), ("interference", "Zyphrex"))
@@ -68,7 +70,7 @@ class ExperimentSettings:
     quick: bool = False
 
     @classmethod
-    def quick_run(cls, **overrides) -> "ExperimentSettings":
+    def quick_run(cls, **overrides) -> ExperimentSettings:
         """One cycle per phase, few dreams, half the facts evaluated: the artefacts in minutes."""
         return cls(**{"cycles_per_phase": 1, "dreams_per_cycle": 4, "facts": 6, "heldout_per_fact": 1,
                       "quick": True, **overrides})
@@ -124,7 +126,8 @@ class Measurer:
         from dreamd.trainers.checkpoints.weights import load_as
 
         if checkpoint not in self.cache:
-            self.cache[checkpoint] = measure(load_as(self.config.model, self.layout.models, self.layout, checkpoint), self.probes)
+            loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
+            self.cache[checkpoint] = measure(loaded, self.probes)
         return self.cache[checkpoint]
 
 
@@ -138,14 +141,14 @@ def _steps_of(layout: StateLayout, checkpoint: str | None) -> int:
 def dream_loop_arm(raw: dict, root: Path, logs: dict, measurer_for, base: dict, s: ExperimentSettings,
                    log: Progress) -> tuple[list[dict], dict]:
     """Arm (a). Returns its points (index 0 is the base) and each phase's new memory node ids."""
-    from dreamd.daemon.loop.stages import run_cycle
+    from dreamd.daemon.loop.cycle import run_cycle
     from dreamd.memory_graph.embedder import Embedder
     from dreamd.memory_graph.ingest import Ingester
     from dreamd.trainers.checkpoints.pointers import read_pointer
 
     config = config_from_dict(raw)
     layout = StateLayout(root).ensure()
-    ingester = Ingester(layout, Embedder(config.embedder), config.inbox, config.graph)
+    ingester = Ingester(layout.inbox, layout.database, Embedder(config.embedder), config.inbox, config.graph)
     measure_at = measurer_for(config, layout)
     points = [{"index": 0, "phase": "start", "cycle": 0, "checkpoint": BASE, "steps": 0, "examples": 0,
                "measurement": base}]
@@ -183,7 +186,8 @@ def dream_loop_arm(raw: dict, root: Path, logs: dict, measurer_for, base: dict, 
             points.append(point)
             log(phase, "dream loop",
                 f"cycle {cycle}/{s.cycles_per_phase}: {point['accepted_dreams']}/{point['dreams']} dreams accepted, "
-                f"{point['examples']} examples, {point['steps']} steps, {point['outcome']}; {brief(point['measurement'])}")
+                f"{point['examples']} examples, {point['steps']} steps, {point['outcome']}; "
+                f"{brief(point['measurement'])}")
     return points, pools
 
 
@@ -191,10 +195,10 @@ def plain_arm(raw: dict, root: Path, db, pools: dict, loop_points: list[dict], m
               s: ExperimentSettings, log: Progress) -> list[dict]:
     """Arm (b): round k trains on as many of the phase's own exchanges as (a)'s cycle k trained
     examples, from the previous round's checkpoint; no dreams, no replay of older logs, no gate."""
-    from dreamd.daemon.gate.judge import held_out_nodes
     from dreamd.daemon.dreaming.training_set import replay_example
-    from dreamd.trainers.model_store import load_model
+    from dreamd.daemon.gate.suite import held_out_nodes
     from dreamd.trainers.context_frozen import completion_only_batch_loss
+    from dreamd.trainers.model_store import load_model
     from dreamd.trainers.round import train_round
 
     config = config_from_dict(raw)
@@ -220,7 +224,8 @@ def plain_arm(raw: dict, root: Path, db, pools: dict, loop_points: list[dict], m
             losses: list[float] = []
             if examples:
                 checkpoint = train_round(load_model(config.model, layout.models), examples, config.training, layout,
-                                         parent_id=checkpoint, on_step=lambda _i, r: losses.append(r.loss),
+                                         parent_id=checkpoint,
+                                         on_step=lambda _i, r, losses=losses: losses.append(r.loss),
                                          loss_fn=completion_only_batch_loss)
             point = {"index": loop_point["index"], "phase": phase, "cycle": loop_point["cycle"],
                      "checkpoint": checkpoint, "examples": len(examples),
@@ -257,7 +262,9 @@ def run_experiment(config: Config, models_dir: Path, out: Path, s: ExperimentSet
     timings["no_training"] = round(time.monotonic() - started, 1)
     log("start", "no training", f"base model: {brief(base)}")
 
-    measurer_for = lambda cfg, layout: Measurer(cfg, layout, probes, base)  # noqa: E731
+    def measurer_for(cfg: Config, layout: StateLayout) -> Measurer:
+        return Measurer(cfg, layout, probes, base)
+
     results = {
         "experiment": "memory-formation", "quick": s.quick, "settings": dataclasses.asdict(s),
         "model": model_dir.name, "config": {k: raw[k] for k in ("training", "dreams", "signal", "gate", "evaluation")},
@@ -297,7 +304,5 @@ def _max_node(db) -> int:
 
 def _save(out: Path, results: dict) -> Path:
     path = out / "results.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(results, indent=1, default=str) + "\n")  # durable: an hour of runs
     return path

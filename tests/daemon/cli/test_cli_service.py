@@ -36,10 +36,10 @@ def make_database(path: Path, messages: int) -> None:
         db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, content TEXT)")
         db.execute("CREATE TABLE edges (a INTEGER, b INTEGER)")
         db.execute("CREATE TABLE dreams (id INTEGER PRIMARY KEY, accepted INTEGER)")
-        db.executemany("INSERT INTO messages (content) VALUES (?)", (("message %d" % i,) for i in range(messages)))
+        db.executemany("INSERT INTO messages (content) VALUES (?)", ((f"message {i}",) for i in range(messages)))
         db.executemany("INSERT INTO edges VALUES (?, ?)", ((i, i + 1) for i in range(500)))
         db.executemany("INSERT INTO dreams (accepted) VALUES (?)", ((i % 3 == 0,) for i in range(30)))
-        # The quality gate's table, with the columns status reads (memory_graph/migrations.py).
+        # The quality gate's table, with the columns status reads (memory_graph/database/migrations.py).
         db.execute("CREATE TABLE evaluations (id INTEGER PRIMARY KEY, checkpoint TEXT, purpose TEXT, "
                    "evaluated_at REAL, metrics TEXT, decision TEXT, reasons TEXT)")
         db.execute("INSERT INTO evaluations (checkpoint, purpose, evaluated_at, metrics, decision, reasons) "

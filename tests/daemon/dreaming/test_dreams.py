@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from dreamd.daemon.dreaming import dreams as dreams_module
-from dreamd.daemon.dreaming import review
-from dreamd.daemon.dreaming import signal_agent
+from dreamd.daemon.dreaming import review, signal_agent
 from dreamd.daemon.dreaming.batch import dream_batch, summary
-from dreamd.daemon.dreaming.records import counts, dreams_of_memory, load_dream
+from dreamd.daemon.dreaming.records import load_dream
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.training_set import mark_trained, replay_count, training_set
 from dreamd.trainers.examples import encode_examples
 from dreamd.trainers.generate import generate_chats
-from tests.helpers.dreams import GRAPH, ScriptedGenerator, sample_graph, tiny_loaded
+from tests.helpers.dreams import GRAPH, install_scripted, sample_graph, tiny_loaded
 from tests.helpers.fakes import HashEmbedder
 
 # Divergence on a random tiny model is noise around 0: its threshold is opened so that the tests
@@ -32,12 +30,23 @@ def world(tmp_path):
 
 @pytest.fixture
 def scripted(monkeypatch):
-    def install(**kwargs) -> ScriptedGenerator:
-        generator = ScriptedGenerator(**kwargs)
-        monkeypatch.setattr(dreams_module, "generate_chats", generator)
-        monkeypatch.setattr(signal_agent, "generate_chats", generator)
-        return generator
-    return install
+    return lambda **kwargs: install_scripted(monkeypatch, **kwargs)
+
+
+def status_counts(db) -> dict[str, int]:
+    return dict(db.execute("SELECT status, count(*) FROM dreams GROUP BY status").fetchall())
+
+
+def dreams_of_memory(db, node_id: int) -> list[int]:
+    """From a memory to the dreams it took part in, through the `dream_memories` index."""
+    return [r[0] for r in db.execute("SELECT dream_id FROM dream_memories WHERE node_id = ? ORDER BY dream_id",
+                                     (node_id,)).fetchall()]
+
+
+def reviews_of(db, dream_id: int) -> list[dict]:
+    rows = db.execute("SELECT decision, reviewer, note, at FROM dream_reviews WHERE dream_id = ? ORDER BY id",
+                      (dream_id,)).fetchall()
+    return [dict(zip(("decision", "reviewer", "note", "at"), r)) for r in rows]
 
 
 def run(world, dreams=DREAMS, signal=SIGNAL, seed=7):
@@ -112,7 +121,8 @@ def test_a_failed_generation_is_stored_as_rejected_with_that_reason(world, scrip
 def test_a_timed_out_generation_is_stored_as_rejected_with_that_reason(world, scripted):
     scripted(timeout_on="respond")
     batch = run(world)
-    assert batch and all(load_dream(world.db, d.id)["reasons"][0].startswith("generation timed out playing") for d in batch)
+    assert batch and all(load_dream(world.db, d.id)["reasons"][0].startswith("generation timed out playing")
+                         for d in batch)
 
 
 def test_a_real_timeout_on_the_tiny_model_rejects(world):
@@ -155,22 +165,22 @@ def test_review_queue_holds_accepted_dreams_until_approved(world, scripted):
     batch = run(world, dreams=DreamSettings(**{**DREAMS.__dict__, "review": True}))
     accepted = [d for d in batch if d.accepted]
     assert len(accepted) >= 2
-    assert counts(world.db).get("pending_review") == len(accepted) == review.pending_count(world.db)
+    assert status_counts(world.db).get("pending_review") == len(accepted) == len(review.pending(world.db))
     assert training_set(world.db, DreamSettings(), seed=1) == []  # nothing approved yet
     first, second = accepted[0].id, accepted[1].id
-    assert review.approve(world.db, first, note="good", reviewer="alice")["status"] == "approved"
-    assert review.reject(world.db, second, note="off", reviewer="bob")["status"] == "review_rejected"
+    assert review.decide(world.db, first, "approved", note="good", reviewer="alice")["status"] == "approved"
+    assert review.decide(world.db, second, "rejected", note="off", reviewer="bob")["status"] == "review_rejected"
     assert [e.id for e in training_set(world.db, DreamSettings(replay_fraction=0.0), seed=1)] == [f"dream:{first}"]
-    assert review.reviews_of(world.db, first) == [
-        {"decision": "approved", "reviewer": "alice", "note": "good", "at": pytest.approx(review.reviews_of(world.db, first)[0]["at"])}]
+    assert reviews_of(world.db, first) == [{"decision": "approved", "reviewer": "alice", "note": "good",
+                                            "at": pytest.approx(reviews_of(world.db, first)[0]["at"])}]
     with pytest.raises(review.ReviewError):
-        review.approve(world.db, second)  # decided once
+        review.decide(world.db, second, "approved")  # decided once
     with pytest.raises(review.ReviewError):
         review.decide(world.db, first, "maybe")
     rejected = next(d for d in batch if not d.accepted) if not all(d.accepted for d in batch) else None
     if rejected is not None:
         with pytest.raises(review.ReviewError):
-            review.approve(world.db, rejected.id)  # only accepted dreams wait for review
+            review.decide(world.db, rejected.id, "approved")  # only accepted dreams wait for review
     assert [d["id"] for d in review.pending(world.db)] == [d.id for d in accepted[2:]]
 
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.dreams import Dream, extract_scenario, temperatures
-from dreamd.daemon.service.settings_base import ConfigError
+from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.signal_agent import (
     Score,
     decide,
@@ -22,7 +21,8 @@ from dreamd.daemon.dreaming.signal_agent import (
 def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4) -> dict[str, Score]:
     s = SignalSettings()
     return {
-        "divergence": Score("divergence", divergence, min(max((divergence - s.min_divergence) / s.divergence_scale, 0), 1),
+        "divergence": Score("divergence", divergence,
+                            min(max((divergence - s.min_divergence) / s.divergence_scale, 0), 1),
                             divergence >= s.min_divergence, f"{divergence:+.3f}"),
         "judge": Score("judge", judge, (judge - 1) / 9, judge >= s.min_judge_score, f"rated {judge}"),
         "hygiene": Score("hygiene", 0.0 if hygiene_ok else 1.0, 1.0 if hygiene_ok else 0.0, hygiene_ok,
@@ -100,7 +100,8 @@ def test_hygiene_passes_a_plain_answer_and_names_each_problem():
     assert any("repetitive response" in p for p in hygiene_problems(dream(response=loop), settings))
     refusal = "As an AI language model, I do not have opinions on basil."
     assert any("refusal" in p for p in hygiene_problems(dream(response=refusal), settings))
-    assert any("broken encoding" in p for p in hygiene_problems(dream(response="Put it in water \ufffd\ufffd now"), settings))
+    broken = dream(response="Put it in water \ufffd\ufffd now")
+    assert any("broken encoding" in p for p in hygiene_problems(broken, settings))
     assert any("broken encoding" in p for p in hygiene_problems(dream(response="Ã©tÃ© is summer in French"), settings))
     copied = dream(scenario="How do I keep basil fresh for a week?",
                    fragments=["User: How do I keep basil fresh for a week?\nAssistant: water"])
@@ -149,6 +150,6 @@ def test_temperature_schedules():
     (SignalSettings, {"min_total": 1.5}, "min_total"),
 ])
 def test_settings_reject_bad_values_naming_the_key(section, values, key):
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ValueError) as caught:  # the config loader names it `dreams.<key>` / `signal.<key>`
         section(**values)
-    assert caught.value.key == key
+    assert str(caught.value).startswith(key + ": must be")

@@ -8,7 +8,6 @@ import re
 import pytest
 
 from dreamd.daemon.config import Config, config_from_dict
-from dreamd.daemon.experiments.memory_formation.run import ExperimentSettings, arm_config
 from dreamd.daemon.experiments.memory_formation.facts import (
     CONCEPTS,
     SLOTS,
@@ -18,6 +17,7 @@ from dreamd.daemon.experiments.memory_formation.facts import (
     write_logs,
 )
 from dreamd.daemon.experiments.memory_formation.report import summary_lines, table_markdown, verdicts, write_artefacts
+from dreamd.daemon.experiments.memory_formation.run import ExperimentSettings, arm_config
 from dreamd.memory_graph.formats.parse import parse_bytes
 
 

@@ -1,4 +1,4 @@
-"""`dreamctl report` and the history it draws from (migration m005_history, daemon/history.py),
+"""`dreamctl report` and the history it draws from (migration m005_history, daemon/gate/history.py),
 on a real SQLite store written through the real functions where they exist."""
 
 import json
@@ -12,20 +12,21 @@ import pytest
 from click.testing import CliRunner
 
 from dreamd.daemon.cli.dreamctl import main as dreamctl
+from dreamd.daemon.gate.evaluations import record
 from dreamd.daemon.gate.history import (
     MANUAL_ROLLBACK,
     record_pointer_moves,
     record_training_round,
     rollback_and_record,
 )
-from dreamd.daemon.gate.judge import Judgement, apply_judgement, record
+from dreamd.daemon.gate.judge import Judgement, apply_judgement
 from dreamd.daemon.report.report import reason_kind
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database import migrations
 from dreamd.memory_graph.database.store import open_store, write
 from dreamd.trainers.checkpoints.manifest import Manifest, new_checkpoint_id, write_checkpoint
-from dreamd.trainers.gate.rules import Decision
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
+from dreamd.trainers.gate.rules import Decision
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METRICS = {"heldout_loss": 2.0, "slice_losses": {"slice-000": 2.0}, "probe_loss": 1.0, "probe_accuracy": 0.6,
@@ -239,8 +240,8 @@ def test_dreamctl_lists_report_and_does_not_import_matplotlib_at_start():
 
 
 def test_the_cycles_training_step_records_its_round(layout, tmp_path):
-    from dreamd.daemon.loop import cycle
     from dreamd.daemon.config import config_from_dict
+    from dreamd.daemon.loop import cycle
     from tests.helpers.tiny import tiny_llama, tiny_tokenizer
 
     model_dir = tmp_path / "tiny-model"
@@ -252,8 +253,7 @@ def test_the_cycles_training_step_records_its_round(layout, tmp_path):
     db = open_store(layout.database)
     for batch in ("b1", "b1", "b1"):
         add_dream(db, batch, True, ["total 0.8 >= 0.5"])
-    context = {cycle.WORLD: cycle.World(config, layout, db, embedder=None, seed=1)}
-    result = cycle.training(context)
+    result = cycle.train_candidate(config, layout, db, cycle.training_examples(config, db, seed=1))
     row = db.execute("SELECT checkpoint, parent, mode, examples, dream_examples, steps, losses, "
                      "finished_at >= started_at FROM training_rounds").fetchall()
     assert len(row) == 1

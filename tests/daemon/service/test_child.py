@@ -30,7 +30,7 @@ def sleep_forever(marker):
 
 
 def test_result_comes_back_from_another_process():
-    outcome = run_in_child("tests.daemon.service.test_child:add", (2, 3))
+    outcome = run_in_child(add, (2, 3))
     assert outcome.status == "ok"
     assert outcome.result["sum"] == 5 and outcome.result["pid"] != os.getpid()
 
@@ -38,14 +38,14 @@ def test_result_comes_back_from_another_process():
 def test_the_child_logs_into_the_daemons_log_file(tmp_path):
     log = tmp_path / "dreamd.log"
     log.write_text('{"event": "an earlier line"}\n')
-    assert run_in_child("tests.daemon.service.test_child:say_hello", log_path=str(log)).status == "ok"
+    assert run_in_child(say_hello, log_path=str(log)).status == "ok"
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert lines[0]["event"] == "an earlier line"  # appended, not replaced
     assert any(e["event"] == "hello from the child" and e["where"] == "child" for e in lines)
 
 
 def test_failure_is_reported_not_raised():
-    outcome = run_in_child("tests.daemon.service.test_child:explode")
+    outcome = run_in_child(explode)
     assert outcome.status == "failed" and "ValueError: bad batch" in outcome.error
 
 
@@ -54,7 +54,7 @@ def test_stop_abandons_the_child_within_the_timeout(tmp_path):
     marker = tmp_path / "pid"
     threading.Timer(1.0, stop.set).start()
     started = time.monotonic()
-    outcome = run_in_child("tests.daemon.service.test_child:sleep_forever", (str(marker),), stop=stop, stop_timeout=0.5)
+    outcome = run_in_child(sleep_forever, (str(marker),), stop=stop, stop_timeout=0.5)
     assert outcome.status == "abandoned"
     assert time.monotonic() - started < 10
     child = int(marker.read_text())
@@ -72,7 +72,7 @@ def test_abort_abandons_the_child_at_once_without_the_stop_timeout(tmp_path):
 
     threading.Thread(target=when_running, daemon=True).start()
     started = time.monotonic()
-    outcome = run_in_child("tests.daemon.service.test_child:sleep_forever", (str(marker),), stop=threading.Event(),
+    outcome = run_in_child(sleep_forever, (str(marker),), stop=threading.Event(),
                            stop_timeout=600, abort=abort)
     assert outcome.status == "abandoned" and outcome.error == "abandoned on request"
     assert time.monotonic() - started < 10  # not the 600 s a stop would have granted

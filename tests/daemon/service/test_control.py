@@ -10,8 +10,17 @@ import pytest
 
 from dreamd.daemon.service import control
 from dreamd.daemon.service.control import (
-    MAX_REQUEST_BYTES, ControlError, ControlServer, DaemonUnavailable, PeerCred, exchange, parse_request,
-    peer_allowed, request,
+    MAX_REQUEST_BYTES,
+    ControlError,
+    ControlServer,
+    DaemonUnavailable,
+    PeerCred,
+    exchange,
+    parse_request,
+    peer_allowed,
+    request,
+    user_label,
+    user_name,
 )
 from dreamd.trainers.checkpoints.manifest import new_checkpoint_id
 
@@ -80,6 +89,13 @@ def test_peer_allowlist():
     assert not _allowed(1001, group="")     # no group configured: nobody extra
     assert not _allowed(1001, group="typo") # an unknown group fails closed
     assert not _allowed(5555)               # a uid without a passwd entry
+
+
+def test_one_user_lookup_for_permissions_and_audit_rows():
+    assert user_name(1001, USERS.__getitem__) == "alice" and user_name(5555, USERS.__getitem__) is None
+    # What pointer-move rows record as who asked, whether dreamd or dreamctl did the rollback.
+    assert user_label(1001, USERS.__getitem__) == "alice (uid 1001)"
+    assert user_label(5555, USERS.__getitem__) == "uid 5555"  # no passwd entry: the uid still counts
 
 
 @pytest.fixture

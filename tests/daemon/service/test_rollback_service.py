@@ -2,7 +2,7 @@
 the daemon down, directly on the state dir under the instance lock.
 
 The daemon here is a Service object serving its real control socket and running its real child
-process (the scripted fake cycle of tests/service_fakes.py), without the scheduler: what is tested
+process (the scripted fake cycle of tests/helpers/service_fakes.py), without the scheduler: what is tested
 is the command's path, not the timing of jobs.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from dreamd.daemon.service import scheduler as jobs
-from dreamd.daemon.config import Config
-from dreamd.daemon.service.control import ControlError, ControlServer, request
 from dreamd.daemon.cli.dreamctl import main as dreamctl
+from dreamd.daemon.config import Config
+from dreamd.daemon.service import scheduler as jobs
+from dreamd.daemon.service.control import ControlError, ControlServer, request
 from dreamd.daemon.service.instance_lock import InstanceLock
 from dreamd.daemon.service.runtime import Service
 from dreamd.daemon.service.state import control_socket
@@ -67,7 +67,8 @@ def daemon(lineage, monkeypatch):
 def pointer_moves(layout: StateLayout) -> list[tuple]:
     db = open_store(layout.database)
     try:
-        return db.execute("SELECT pointer, from_checkpoint, to_checkpoint, why, by FROM pointer_moves ORDER BY id").fetchall()
+        return db.execute(
+            "SELECT pointer, from_checkpoint, to_checkpoint, why, by FROM pointer_moves ORDER BY id").fetchall()
     finally:
         db.conn.close()
 
@@ -94,7 +95,8 @@ def test_rollback_through_the_daemon_abandons_a_running_cycle_first(daemon, line
     assert answer["via"] == "daemon" and (answer["current"], answer["previous"]) == (good, newer)
     assert answer["changed"] is True and answer["jobs_stopped"] == {jobs.DREAM_CYCLE: "abandoned"}
     assert answer["by"].startswith("dreamctl ") and answer["by"].endswith(f"(uid {os.getuid()}) via dreamd")
-    assert answer["recorded"] == 1 and pointer_moves(layout) == [("current", newer, good, "manual_rollback", answer["by"])]
+    assert answer["recorded"] == 1
+    assert pointer_moves(layout) == [("current", newer, good, "manual_rollback", answer["by"])]
     cycle.join(timeout=10)
     assert not cycle.is_alive()
     assert read_pointer(layout, "current") == good and read_pointer(layout, "last_good") == good

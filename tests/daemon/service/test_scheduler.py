@@ -1,7 +1,7 @@
 """Which jobs run when, from the settings; and that a live scheduler follows a reload."""
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dreamd.daemon.service import scheduler as jobs
 from dreamd.daemon.service.settings import DaemonSettings
@@ -42,7 +42,7 @@ def test_live_scheduler_runs_now_and_follows_new_settings():
     try:
         job = scheduler.get_job("dream-cycle")
         assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 300)
-        assert job.next_run_time > datetime.now(timezone.utc)
+        assert job.next_run_time > datetime.now(UTC)
         assert jobs.run_now(scheduler, "dream-cycle")
         assert ran.wait(5), "run_now must wake the sleeping scheduler"
         assert not jobs.run_now(scheduler, "no-such-job")

@@ -45,7 +45,7 @@ def test_abstract_address(tmp_path):
 def test_without_socket_it_is_a_no_op(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     notifier = Notifier()
-    assert not notifier.enabled
+    assert notifier.address is None
     assert notifier.ready() is False and notifier.watchdog() is False
 
 

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamd.daemon.service.settings_base import ConfigError
 from dreamd.daemon.service.state_dir import StateLayout, resolve_state_dir
 from dreamd.trainers.atomic import publish_dir, staging_dir
 from dreamd.trainers.device import resolve_device
+from dreamd.trainers.errors import ModelLoadError
 
 
 def test_state_dir_order(monkeypatch, tmp_path):
@@ -29,7 +29,7 @@ def test_layout_creates_private_folders(tmp_path):
 def test_cpu_machine_gets_fp32_and_cuda_request_is_refused():
     assert resolve_device("auto", "auto") == (torch.device("cpu"), torch.float32)
     assert resolve_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ModelLoadError) as caught:
         resolve_device("cuda", "auto")
     assert caught.value.key == "model.device"
 

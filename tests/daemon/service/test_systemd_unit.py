@@ -11,7 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 SYSTEMD = REPO / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (Debian: apt install systemd)")
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze is not installed (Debian: apt install systemd)"
+)
 
 
 def unit_text() -> str:

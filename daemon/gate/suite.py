@@ -1,0 +1,105 @@
+"""The evaluation suite, built from the memory graph: what every candidate is measured on.
+
+- held-out exchanges, chosen by content hash (so fixed at ingest, the same on every machine and in
+  every round, and never trained on), cut into time slices in ingest order: forgetting over time;
+- recent (trained-on) exchanges asked again in other words: acquisition, not recitation;
+- the shipped probes and fingerprint prompts (trainers/gate/metrics.py).
+
+The suite has a key, a hash of what is in it: the same weights on the same suite give the same
+numbers, so evaluations are stored and reused per key (daemon/gate/evaluations.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from sqlite_utils import Database
+
+from dreamd.daemon.dreaming.training_set import replay_example
+from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.gate.metrics import EvalSuite, ask
+from dreamd.trainers.settings import EvalSettings
+
+STOPWORDS = frozenset(
+    "about after again also been before being could does doing from have here into just like make more most "
+    "much need only other over same should some such than that their them then there these they this those "
+    "very want were what when where which while will with would your yours please thanks thank".split()
+)
+KEYWORDS_PER_QUESTION = 5
+
+
+def is_held_out(message_sha256: str, percent: int) -> bool:
+    """Held out by content: the same exchange is held out on every machine, in every round."""
+    return int(message_sha256[:8], 16) % 100 < percent
+
+
+def held_out_nodes(db: Database, percent: int) -> list[int]:
+    """The memory nodes whose first message is held out, in ingest order."""
+    rows = db.execute(
+        "SELECT n.id, m.sha256 FROM memory_nodes n JOIN messages m ON m.id = n.first_message_id ORDER BY n.id"
+    ).fetchall()
+    return [node for node, sha in rows if is_held_out(sha, percent)]
+
+
+def spread(count: int, wanted: int) -> list[int]:
+    """`wanted` indices out of `count`, evenly spaced, the first and last always among them."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)}) if wanted > 1 else [count - 1]
+
+
+def heldout_slices(db: Database, settings: EvalSettings) -> dict[str, list[TrainingExample]]:
+    """Held-out exchanges in time slices of `slice_size`; at most `max_slices` of them, spread out."""
+    nodes = held_out_nodes(db, settings.heldout_percent)
+    chunks = [nodes[i:i + settings.slice_size] for i in range(0, len(nodes), settings.slice_size)]
+    slices = {}
+    for index in spread(len(chunks), settings.max_slices):
+        examples = [replay_example(db, node, settings.history_messages) for node in chunks[index]]
+        slices[f"slice-{index:03d}"] = [e for e in examples if e is not None]
+    return {name: examples for name, examples in slices.items() if examples}
+
+
+def reworded(example: TrainingExample) -> TrainingExample:
+    """The exchange asked again in other words: its answer after a question made of its keywords."""
+    question = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
+    words: list[str] = []
+    for word in re.findall(r"[A-Za-z][A-Za-z0-9'-]{3,}", question):
+        if word.lower() not in STOPWORDS and word.lower() not in (w.lower() for w in words):
+            words.append(word)
+    keywords = sorted(words, key=len, reverse=True)[:KEYWORDS_PER_QUESTION]
+    return ask(f"Remind me what you told me about {', '.join(keywords) or 'that'}.", example.messages[-1]["content"],
+               example.id.replace("replay:", "acquire:"))
+
+
+def acquisition_examples(db: Database, settings: EvalSettings, held_out: set[int]) -> list[TrainingExample]:
+    """The newest `acquisition_count` exchanges that are not held out, reworded."""
+    rows = db.execute("SELECT id FROM memory_nodes ORDER BY id DESC LIMIT ?",
+                      (settings.acquisition_count * 2 + len(held_out),)).fetchall()
+    out = []
+    for (node,) in rows:
+        if len(out) == settings.acquisition_count:
+            break
+        example = replay_example(db, node, 0) if node not in held_out else None
+        if example is not None:
+            out.append(reworded(example))
+    return out
+
+
+def build_suite(db: Database, settings: EvalSettings) -> tuple[EvalSuite, str]:
+    """(suite, key): the key changes whenever anything in the suite does."""
+    held_out = set(held_out_nodes(db, settings.heldout_percent))
+    suite = EvalSuite(
+        heldout_slices=heldout_slices(db, settings),
+        acquisition=acquisition_examples(db, settings, held_out),
+        max_new_tokens=settings.max_new_tokens,
+    )
+    described = {
+        "slices": {name: [e.id for e in exs] for name, exs in suite.heldout_slices.items()},
+        "acquisition": [e.id for e in suite.acquisition],
+        "probes": [p.id for p in suite.probes],
+        "fingerprint": suite.fingerprint_prompts,
+        "max_new_tokens": suite.max_new_tokens,
+    }
+    return suite, hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]

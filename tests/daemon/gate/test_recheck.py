@@ -1,0 +1,161 @@
+"""The gate's re-check of `current` (daemon/gate/judge.py's recheck_current) on the tiny model: a
+current that fails the gate, or no longer verifies, is rolled back and both the evaluation and the
+pointer move are recorded; one that passes is kept. The real-model version of this path is in
+tests/integration/test_quality_gate.py.
+
+The lineage: `parent`, a gentle round on real exchanges; `child`, another gentle round on top of it;
+`wrecked`, a full-weights round at a huge learning rate on noise on top of `parent`. With the default
+gate settings, `wrecked` fails (its greedy answers no longer resemble the base's: fingerprint) and
+`child` passes.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlite_utils import Database
+
+from dreamd.daemon.config import Config, config_from_dict
+from dreamd.daemon.dreaming.training_set import replay_example
+from dreamd.daemon.gate.evaluations import last_decision
+from dreamd.daemon.gate.judge import recheck_current
+from dreamd.daemon.gate.suite import held_out_nodes
+from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.memory_graph.database.store import open_store
+from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
+from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.model_store import load_model
+from dreamd.trainers.round import train_round
+from dreamd.trainers.settings import TrainingSettings
+from tests.helpers.daemon_harness import save_tiny_model
+from tests.helpers.dreams import sample_graph
+from tests.helpers.fakes import HashEmbedder
+
+GENTLE = TrainingSettings(batch_size=2, optimizer="adamw", max_context_tokens=256)
+WRECKING = TrainingSettings(mode="full", full_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw",
+                            max_context_tokens=256)
+
+
+@dataclass
+class World:
+    config: Config
+    layout: StateLayout
+    db: Database
+    parent: str
+    child: str
+    wrecked: str
+
+    def recheck(self) -> dict:
+        return recheck_current(self.config, self.layout, self.db, HashEmbedder().encode)
+
+    def point(self, current: str, last_good: str) -> None:
+        set_pointer(self.layout, "last_good", last_good)
+        set_pointer(self.layout, "current", current)
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self.db.execute(sql).fetchall()
+
+
+def noise_examples(count: int) -> list[TrainingExample]:
+    rng = random.Random(0)
+
+    def noise(n: int) -> str:
+        return "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))
+
+    return [TrainingExample(f"noise:{i}", [{"role": "user", "content": noise(30)},
+                                           {"role": "assistant", "content": noise(60)}]) for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> tuple[Config, Path, dict[str, str]]:
+    """A state dir with the sample memory graph and the three checkpoints, built once."""
+    root = tmp_path_factory.mktemp("recheck")
+    config = config_from_dict({
+        "model": {"path": str(save_tiny_model(root / "tiny-model")), "device": "cpu"},
+        # The samples hold 20 exchanges: hold out more than the default 10% so slices exist.
+        "evaluation": {"heldout_percent": 30, "slice_size": 3, "max_slices": 2, "acquisition_count": 2,
+                       "max_new_tokens": 4},
+    })
+    ingester = sample_graph(root / "state")
+    db, layout = ingester.db, StateLayout(root / "state")
+    held = set(held_out_nodes(db, config.evaluation.heldout_percent))
+    nodes = [n for (n,) in db.execute("SELECT id FROM memory_nodes ORDER BY id").fetchall() if n not in held]
+    exchanges = [e for e in (replay_example(db, n, 2) for n in nodes) if e is not None]
+    db.conn.close()
+
+    def train(examples: list[TrainingExample], settings: TrainingSettings, parent: str = BASE) -> str:
+        return train_round(load_model(config.model, layout.models), examples, settings, layout, parent_id=parent)
+
+    parent = train(exchanges[:4], GENTLE)
+    ids = {"parent": parent, "child": train(exchanges[4:8], GENTLE, parent),
+           "wrecked": train(noise_examples(8), WRECKING, parent)}
+    return config, layout.root, ids
+
+
+@pytest.fixture
+def world(template, tmp_path):
+    config, root, ids = template
+    shutil.copytree(root, tmp_path / "state")
+    layout = StateLayout(tmp_path / "state")
+    db = open_store(layout.database)
+    yield World(config, layout, db, **ids)
+    db.conn.close()
+
+
+def test_a_current_that_fails_the_gate_is_rolled_back_to_last_good(world):
+    world.point(current=world.wrecked, last_good=world.parent)
+    result = world.recheck()
+    assert (result["checkpoint"], result["decision"], result["rolled_back_to"]) == (world.wrecked, "rolled_back",
+                                                                                    world.parent)
+    assert any(reason.startswith("fingerprint_to_base") for reason in result["reasons"]), result["reasons"]
+    assert read_pointer(world.layout, "current") == world.parent == read_pointer(world.layout, "last_good")
+    assert world.rows("SELECT checkpoint, decision, compared_to FROM evaluations WHERE purpose = 'recheck'") == [
+        (world.wrecked, "rolled_back", world.parent)]
+    assert last_decision(world.db)["decision"] == "rolled_back"
+    assert world.rows("SELECT pointer, from_checkpoint, to_checkpoint, why, by FROM pointer_moves") == [
+        ("current", world.wrecked, world.parent, "rolled_back", "recheck")]
+
+
+def test_a_failing_current_that_is_last_good_goes_back_to_the_base(world):
+    world.point(current=world.wrecked, last_good=world.wrecked)
+    result = world.recheck()
+    assert (result["decision"], result["rolled_back_to"]) == ("rolled_back", BASE)
+    assert read_pointer(world.layout, "current") == BASE
+    assert world.rows("SELECT checkpoint, decision, compared_to FROM evaluations WHERE purpose = 'recheck'") == [
+        (world.wrecked, "rolled_back", BASE)]  # held to the budgets against the base only
+    assert world.rows("SELECT pointer, from_checkpoint, to_checkpoint, why FROM pointer_moves") == [
+        ("current", world.wrecked, BASE, "rolled_back")]
+
+
+def test_a_current_that_passes_is_kept(world):
+    world.point(current=world.child, last_good=world.parent)
+    result = world.recheck()
+    assert (result["decision"], result["rolled_back_to"], result["reasons"]) == ("kept", None, [])
+    assert (read_pointer(world.layout, "current"), read_pointer(world.layout, "last_good")) == (world.child,
+                                                                                              world.parent)
+    assert world.rows("SELECT checkpoint, decision, compared_to FROM evaluations WHERE purpose = 'recheck'") == [
+        (world.child, "kept", world.parent)]
+    assert world.rows("SELECT * FROM pointer_moves") == []
+
+
+def test_the_base_model_is_kept_without_evaluating_it(world):
+    assert world.recheck()["decision"] == "kept" and read_pointer(world.layout, "current") == BASE
+    assert world.rows("SELECT * FROM evaluations") == []
+
+
+def test_a_current_that_no_longer_verifies_is_rolled_back_without_evaluating_it(world):
+    world.point(current=world.wrecked, last_good=world.parent)
+    weights = next((world.layout.checkpoints / world.wrecked).rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-16])  # damaged on disk after it became current
+    result = world.recheck()
+    assert (result["decision"], result["rolled_back_to"]) == ("rolled_back", world.parent)
+    assert weights.name in " ".join(result["reasons"])
+    assert read_pointer(world.layout, "current") == world.parent
+    assert world.rows("SELECT pointer, from_checkpoint, to_checkpoint, why, by FROM pointer_moves") == [
+        ("current", world.wrecked, world.parent, "rolled_back", "recheck")]
+    assert world.rows("SELECT * FROM evaluations WHERE purpose = 'recheck'") == []
