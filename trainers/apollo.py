@@ -122,7 +122,10 @@ class Apollo(torch.optim.Optimizer):
         else:
             norm = (factor * _channel_norms(grad, channel_dim)).norm()
         if "last_norm" in state:  # at most `limiter` times the previous step's norm (no host sync)
-            shrink = (group["limiter"] * state["last_norm"] / norm).clamp(max=1.0)
+            last = state["last_norm"]
+            # A previous norm of zero is no reference to grow from: LoRA's A matrices get an exactly
+            # zero first gradient (PEFT starts B at zero), and capping at 1.01 x 0 froze them for good.
+            shrink = torch.where(last > 0, (group["limiter"] * last / norm).clamp(max=1.0), torch.ones_like(norm))
             factor, norm = factor * shrink, norm * shrink
         state["last_norm"] = norm.reshape(())
 

@@ -84,20 +84,35 @@ def prepare(obj: Context, as_json: bool):
 @main.command()
 @click.argument("question")
 @click.option("--max-new-tokens", default=64, show_default=True, help="Longest answer, in tokens.")
+@click.option("--checkpoint", "checkpoint_id", default=None, metavar="ID",
+              help="Ask this checkpoint (verified first) instead of the one `current` names.")
+@click.option("--base", "use_base", is_flag=True, help="Ask the base model, without any training.")
 @json_option
 @click.pass_obj
-def ask(obj: Context, question: str, max_new_tokens: int, as_json: bool):
-    """Ask the model one question (greedy decoding, its own chat template)."""
+def ask(obj: Context, question: str, max_new_tokens: int, checkpoint_id: str | None, use_base: bool,
+        as_json: bool):
+    """Ask the model one question (greedy decoding, its own chat template). It is the model
+    `current` names, the one that learned, unless --checkpoint or --base choose another."""
+    from dreamd.trainers.checkpoints.manifest import CheckpointError
+    from dreamd.trainers.checkpoints.pointers import BASE, read_pointer
+    from dreamd.trainers.checkpoints.weights import load_as
     from dreamd.trainers.generate import chat_reply
-    from dreamd.trainers.model_store import ModelLoadError, load_model
+    from dreamd.trainers.model_store import ModelLoadError
 
+    if checkpoint_id and use_base:
+        raise click.UsageError("--checkpoint and --base choose different models: give one")
     config = obj.config()
+    layout = obj.layout().ensure()
+    checkpoint = BASE if use_base else checkpoint_id or read_pointer(layout, "current")
     try:
-        loaded = load_model(config.model, obj.layout().ensure().models)
+        loaded = load_as(config.model, layout.models, layout, checkpoint)
     except ModelLoadError as exc:
         raise ConfigProblem(exc) from None
+    except CheckpointError as exc:
+        raise click.ClickException(f"checkpoint {checkpoint} does not verify, so it cannot answer: {exc}") from None
     answer = chat_reply(loaded, [{"role": "user", "content": question}], max_new_tokens=max_new_tokens)
-    emit({"question": question, "answer": answer, "model_dir": str(loaded.directory)}, as_json)
+    emit({"question": question, "answer": answer, "checkpoint": checkpoint, "model_dir": str(loaded.directory)},
+         as_json)
 
 
 @main.command()

@@ -181,3 +181,35 @@ def test_state_round_trips_through_safetensors_and_json(tmp_path, projection_dty
 def test_bad_hyperparameters_are_refused(bad):
     with pytest.raises(ValueError):
         Apollo([torch.nn.Parameter(torch.zeros(2, 2))], **{"lr": 1e-3, **bad})
+
+
+def test_a_zero_first_update_does_not_freeze_the_tensor():
+    # LoRA's A matrices: PEFT starts B at zero, so A's first gradient is exactly zero. Its update
+    # norm is then 0, and a limiter that caps at gamma x 0 would freeze A for good.
+    torch.manual_seed(3)
+    p = torch.nn.Parameter(torch.randn(16, 24))
+    opt = Apollo([p], lr=0.1, rank=4)
+    p.grad = torch.zeros(16, 24)
+    opt.step()
+    before = p.detach().clone()
+    for _ in range(3):
+        p.grad = torch.randn(16, 24)
+        opt.step()
+    assert (p.detach() - before).norm() > 1e-3
+
+
+def test_a_lora_round_with_apollo_moves_every_a_and_b_matrix(tmp_path):
+    from dreamd.trainers.examples import encode_examples
+    from dreamd.trainers.round import start_trainer
+    from dreamd.trainers.settings import TrainingSettings
+    from tests.helpers.train import chats, state, tiny_loaded
+
+    loaded = tiny_loaded()
+    settings = TrainingSettings(mode="lora", optimizer="apollo", lora_learning_rate=1e-2, batch_size=2, epochs=2)
+    trainer = start_trainer(loaded, settings, state(tmp_path))
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert any("lora_A" in n for n in lora) and any("lora_B" in n for n in lora)
+    trainer.run(encode_examples(loaded.tokenizer, chats(6), settings.max_context_tokens))
+    after = dict(trainer.model.named_parameters())
+    frozen = [n for n, before in lora.items() if torch.equal(before, after[n].detach())]
+    assert not frozen, f"tensors that never moved: {frozen}"
