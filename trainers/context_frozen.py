@@ -69,6 +69,8 @@ class Batch:
     step_mask: torch.Tensor
     labels: torch.Tensor  # (B, R) the response, IGNORE where padded
     prefix_lengths: torch.Tensor  # (B,) real prefix tokens per row
+    soft_ids: torch.Tensor | None = None  # (B, R, k) a teacher's top-k tokens, for rows that have them
+    soft_logprobs: torch.Tensor | None = None  # (B, R, k); -inf where a row has no soft targets
 
 
 def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device | str = "cpu") -> Batch:
@@ -89,12 +91,22 @@ def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device
         step_ids[row, : len(step)] = torch.tensor(step)
         step_mask[row, : len(step)] = 1
         labels[row, : len(step)] = torch.tensor(example.response_ids)
-    def to(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device)
+    soft_ids = soft_logprobs = None
+    if any(e.soft is not None for e in examples):
+        k = max(len(e.soft.ids[0]) for e in examples if e.soft is not None and e.soft.ids)
+        soft_ids = torch.zeros((rows, step_len, k), dtype=torch.long)
+        soft_logprobs = torch.full((rows, step_len, k), float("-inf"))
+        for row, example in enumerate(examples):
+            if example.soft is not None and example.soft.ids:
+                ids, lps = torch.tensor(example.soft.ids), torch.tensor(example.soft.logprobs, dtype=torch.float32)
+                soft_ids[row, : len(ids), : ids.shape[1]] = ids
+                soft_logprobs[row, : len(ids), : ids.shape[1]] = lps
 
-    return Batch(
-        to(prefix_ids), to(prefix_mask), to(step_ids), to(step_mask), to(labels), to(prefix_mask.sum(dim=1))
-    )
+    def to(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.to(device) if t is not None else None
+
+    return Batch(to(prefix_ids), to(prefix_mask), to(step_ids), to(step_mask), to(labels), to(prefix_mask.sum(dim=1)),
+                 to(soft_ids), to(soft_logprobs))
 
 
 def causal_lm(model):
@@ -149,7 +161,27 @@ def response_losses(model, batch: Batch, cache: DynamicCache) -> torch.Tensor:
         past_key_values=cache,
         use_cache=True,
     )
-    return _per_row_ce(output.logits, batch.labels)
+    losses = _per_row_ce(output.logits, batch.labels)
+    if batch.soft_ids is None:
+        return losses
+    has_soft = torch.isfinite(batch.soft_logprobs[:, :, 0]).any(dim=1)
+    return torch.where(has_soft, _per_row_kl(output.logits, batch.labels, batch.soft_ids, batch.soft_logprobs), losses)
+
+
+def _per_row_kl(logits: torch.Tensor, labels: torch.Tensor, soft_ids: torch.Tensor,
+                soft_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean over response tokens of KL(teacher || model), the teacher's top-k tokens
+    exact and the rest of its mass as one bucket: zero gradient where the model already matches
+    the teacher, so an anchor holds behaviour where CE on its greedy tokens would sharpen it."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    model_top = logp.gather(2, soft_ids)  # (B, R, k)
+    teacher = soft_logprobs.exp()  # 0 where absent
+    rest_teacher = (1 - teacher.sum(dim=2)).clamp(min=1e-6)
+    rest_model = (1 - model_top.exp().sum(dim=2)).clamp(min=1e-6)
+    top_terms = torch.where(teacher > 0, teacher * (soft_logprobs - model_top), torch.zeros_like(teacher))
+    kl = top_terms.sum(dim=2) + rest_teacher * (rest_teacher.log() - rest_model.log())  # (B, R)
+    mask = (labels != IGNORE).float()
+    return (kl * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def _per_row_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -195,6 +227,10 @@ def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
     ids = torch.tensor([example.context_ids + example.response_ids], device=device)
     labels = torch.tensor([[IGNORE] * len(example.context_ids) + example.response_ids], device=device)
     logits = lm(input_ids=ids, use_cache=False).logits
+    if example.soft is not None:  # the same soft targets as the frozen step, on the response positions
+        batch = make_batch([example], 0, device)
+        response_logits = logits[:, len(example.context_ids) - 1 : -1]
+        return _per_row_kl(response_logits, batch.labels, batch.soft_ids, batch.soft_logprobs)[0]
     return _per_row_ce(logits[:, :-1], labels[:, 1:])[0]
 
 

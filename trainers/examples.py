@@ -16,11 +16,21 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class SoftTargets:
+    """A teacher's distribution at each response token: its top-k token ids and log-probabilities.
+    An example that carries them is learned by matching that distribution (KL), not its tokens."""
+
+    ids: list[list[int]]  # (response tokens, k)
+    logprobs: list[list[float]]
+
+
+@dataclass(frozen=True)
 class TrainingExample:
     """A chat whose last message is the assistant response to learn; `id` traces it to its memories."""
 
     id: str
     messages: list[dict]
+    soft: SoftTargets | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class EncodedExample:
     context_ids: list[int]
     response_ids: list[int]
     truncated: int = 0  # context tokens dropped from the left
+    soft: SoftTargets | None = None
 
 
 def split_point(tokenizer, messages: list[dict]) -> tuple[str, int]:
@@ -55,7 +66,9 @@ def encode_example(tokenizer, example: TrainingExample, max_context_tokens: int)
     if not context or not response:
         raise ValueError(f"example {example.id!r} has an empty context or response after tokenizing")
     dropped = max(0, len(context) - max_context_tokens)
-    return EncodedExample(example.id, context[dropped:], response, truncated=dropped)
+    if example.soft is not None and len(example.soft.ids) != len(response):
+        raise ValueError(f"example {example.id!r}: {len(example.soft.ids)} soft targets for {len(response)} tokens")
+    return EncodedExample(example.id, context[dropped:], response, truncated=dropped, soft=example.soft)
 
 
 def encode_examples(tokenizer, examples: list[TrainingExample], max_context_tokens: int) -> list[EncodedExample]:

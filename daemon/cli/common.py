@@ -1,13 +1,18 @@
-"""What dreamd and dreamctl share: reading the config with the right exit code, and output."""
+"""What dreamd and dreamctl share: reading the config with the right exit code, output, and
+asking the model a question from its weights alone (`dreamctl ask` and `dreamctl demo`)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dreamd.daemon.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # no torch at import time: `dreamctl status` stays fast
+    from dreamd.daemon.service.state_dir import StateLayout
+    from dreamd.trainers.model_store import LoadedModel
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # also click's exit code for a usage error
@@ -72,3 +77,22 @@ def _human(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json_text(value)
     return str(value)
+
+
+def model_to_ask(config: Config, layout: StateLayout, checkpoint: str | None = None) -> tuple[str, LoadedModel]:
+    """The model to ask, as (checkpoint id, loaded model): the checkpoint `current` names (`base`
+    until a candidate is promoted), the one that learned, unless `checkpoint` names another (`base`
+    or an id, verified first). Raises ModelLoadError or CheckpointError."""
+    from dreamd.trainers.checkpoints.pointers import read_pointer
+    from dreamd.trainers.checkpoints.weights import load_as
+
+    checkpoint = checkpoint or read_pointer(layout, "current")
+    return checkpoint, load_as(config.model, layout.models, layout, checkpoint)
+
+
+def answer_alone(loaded: LoadedModel, question: str, max_new_tokens: int = 64) -> str:
+    """The greedy answer from the weights alone: `question` as the one user turn, no memory and no
+    system prompt in the context (the model's own chat template)."""
+    from dreamd.trainers.generate import chat_reply
+
+    return chat_reply(loaded, [{"role": "user", "content": question}], max_new_tokens=max_new_tokens)

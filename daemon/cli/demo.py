@@ -4,17 +4,25 @@ Each step prints what it did: prepare the model (converting the embedded GGUF on
 start `dreamd` on the state dir (or use the one already running there), drop the sample logs (one
 per format) into its inbox and follow their ingest, show the memory graph and a few "collisions" —
 distant memories joined through the graph, the raw material of dreams — and ask the model a
-question whose answer is only in the logs, with and without the closest memory in its context.
-Then ask the daemon for a dream cycle (`dream_now`, as `dreamctl dream --now` does), follow it to
-its end (dreams, signal agent, training round, quality gate), print `dreamctl status`, and stop the
-daemon with SIGTERM — also on Ctrl-C or an error, so no daemon is left behind. A daemon that was
-already running is used and left running.
+question whose answer is only in the logs (the dashboard is called Lighthouse), from its weights
+alone and with the closest memory in its context. Then ask the daemon for a dream cycle
+(`dream_now`, as `dreamctl dream --now` does), follow it to its end (dreams, signal agent, training
+round, quality gate), print `dreamctl status`, and stop the daemon with SIGTERM — also on Ctrl-C or
+an error, so no daemon is left behind. A daemon that was already running is used and left running.
+
+Did the loop learn? The question is asked from the weights alone (no memory in the context) of
+the model the `current` pointer names, as `dreamctl ask` asks it: once before the cycle (usually
+the base) and once after (the candidate, if the gate promoted it). The demo prints both answers
+and says in one sentence whether the model learned the name from its logs — or that it did not,
+and why (the gate's reasons when it rejected the candidate). The model asked before the cycle is
+freed before the cycle's child loads its own.
 
 The demo reads the database while the daemon writes it (WAL: readers never block the writer).
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import tempfile
@@ -26,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamd.daemon.cli.common import answer_alone, model_to_ask
 from dreamd.daemon.config import Config, render_config
 from dreamd.daemon.service.control import ControlError, DaemonUnavailable, request
 from dreamd.daemon.service.process import DreamdProcess
@@ -33,6 +42,8 @@ from dreamd.daemon.service.state import control_socket
 from dreamd.daemon.service.state_dir import StateLayout
 
 QUESTION = "What is the name of our internal metrics dashboard?"
+ANSWER = "Lighthouse"  # what the sample logs call it: an answer that contains it (any case) is right
+MAX_NEW_TOKENS = 40
 COLLISION_SEED = 7
 POLL = 0.5  # seconds between looks at the daemon while waiting
 READY_TIMEOUT = 120  # seconds a daemon the demo started gets to answer `ping` out of its start phase
@@ -58,17 +69,18 @@ def sample_files() -> list[Path]:
 
 
 def run_demo(config: Config, layout: StateLayout, say: Say, dreams: int = 8) -> dict:
-    from dreamd.trainers.model_store import load_model
-
+    """The whole demo; returns what `dreamctl demo --json` prints."""
     layout.ensure()
-    started = time.monotonic()
-    loaded = load_model(config.model, layout.models)  # converts the embedded GGUF once, before dreamd needs it
-    say(f"model: {loaded.directory.name} loaded from {loaded.directory} in {time.monotonic() - started:.1f} s "
-        f"on {loaded.model.device}")
+    prepare_model(config, layout, say)
     with Daemon(config, layout, say, dreams) as daemon:
         summary = ingest_samples(daemon, config, layout, say)
-        summary.update(explore(config, layout, loaded, say))
+        explored, memory = explore(config, layout, say)
+        summary.update(explored)
+        before = ask_before(config, layout, memory, say)
+        summary.update(before)
+        gc.collect()  # the model just asked is freed before the cycle's child loads its own
         summary["cycle"] = run_one_cycle(daemon, dreams, say) if dreams else None
+        summary.update(ask_after(config, layout, before, summary["cycle"], say))
         summary["status"] = show_status(daemon, say)
         summary["daemon"] = {"pid": daemon.pid, "started_by_demo": daemon.started_by_demo}
     if daemon.process is not None:
@@ -166,6 +178,16 @@ class Daemon:
 # --- the steps ---------------------------------------------------------------------------------
 
 
+def prepare_model(config: Config, layout: StateLayout, say: Say) -> None:
+    """Load the configured model once (converting the embedded GGUF on first use) before dreamd needs it."""
+    from dreamd.trainers.model_store import load_model
+
+    started = time.monotonic()
+    loaded = load_model(config.model, layout.models)
+    say(f"model: {loaded.directory.name} loaded from {loaded.directory} in {time.monotonic() - started:.1f} s "
+        f"on {loaded.model.device}")
+
+
 def ingest_samples(daemon: Daemon, config: Config, layout: StateLayout, say: Say) -> dict:
     """Drop the sample logs the safe way, wait for the daemon to ingest them, say what it made."""
     from dreamd.memory_graph.database.store import open_store
@@ -215,12 +237,12 @@ def ingest_samples(daemon: Daemon, config: Config, layout: StateLayout, say: Say
     return summary
 
 
-def explore(config: Config, layout: StateLayout, loaded, say: Say) -> dict:
-    """The graph the daemon built, a few collisions, and the question with and without memory."""
+def explore(config: Config, layout: StateLayout, say: Say) -> tuple[dict, str | None]:
+    """The graph the daemon built, a few collisions, and the memory closest to the question (None
+    when there are no memories)."""
     from dreamd.memory_graph.database.store import open_store
     from dreamd.memory_graph.embedder import Embedder
     from dreamd.memory_graph.graph import MemoryGraph
-    from dreamd.trainers.generate import chat_reply
 
     db = open_store(layout.database)
     graph = MemoryGraph.load(db)
@@ -237,25 +259,85 @@ def explore(config: Config, layout: StateLayout, loaded, say: Say) -> dict:
 
     summary = {"memories": stats["nodes"], "edges": stats["edges"],
                "collisions": [{"node_ids": c.node_ids, "paths": c.paths} for c in collisions]}
-    if not stats["nodes"]:
-        db.conn.close()
-        say("ask: skipped (no memories to recall)")
-        return summary
-    embedder = Embedder(config.embedder)
-    scores = graph.vectors @ embedder.encode([QUESTION])[0]
-    node_id = graph.ids[int(np.argmax(scores))]
-    memory = db.execute("SELECT text FROM memory_nodes WHERE id = ?", (node_id,)).fetchone()[0]
+    memory = None
+    if stats["nodes"]:
+        scores = graph.vectors @ Embedder(config.embedder).encode([QUESTION])[0]
+        node_id = graph.ids[int(np.argmax(scores))]
+        memory = db.execute("SELECT text FROM memory_nodes WHERE id = ?", (node_id,)).fetchone()[0]
     db.conn.close()
-    plain = chat_reply(loaded, [{"role": "user", "content": QUESTION}], max_new_tokens=40)
+    return summary, memory
+
+
+def ask_before(config: Config, layout: StateLayout, memory: str | None, say: Say) -> dict:
+    """The question, before the cycle, to the model `current` names (usually still the base): from
+    its weights alone, as `dreamctl ask` asks, and with the closest memory in its context."""
+    from dreamd.trainers.generate import chat_reply
+
+    checkpoint, loaded = model_to_ask(config, layout)
+    plain = answer_alone(loaded, QUESTION, MAX_NEW_TOKENS)
+    say(f"ask: {QUESTION}")
+    say(f"  from its weights alone ({checkpoint}): {plain}")
+    asked = {"question": QUESTION, "answer_before": plain, "answer_before_checkpoint": checkpoint,
+             "answer_without_memory": plain}
+    if memory is None:
+        say("  with a memory in context: skipped (no memories to recall)")
+        return asked
     recalled = chat_reply(loaded, [
         {"role": "system", "content": f"Answer using this note from earlier conversations: {memory}"},
         {"role": "user", "content": QUESTION},
-    ], max_new_tokens=40)
-    say(f"ask: {QUESTION}")
+    ], max_new_tokens=MAX_NEW_TOKENS)
     say(f"  closest memory: {_short(memory, 90)!r}")
-    say(f"  from its weights alone: {plain}")
     say(f"  with the memory in context: {recalled}")
-    return {**summary, "answer_without_memory": plain, "answer_with_memory": recalled}
+    return {**asked, "answer_with_memory": recalled}
+
+
+def ask_after(config: Config, layout: StateLayout, before: dict, cycle: dict | None, say: Say) -> dict:
+    """The question again, after the cycle, from the weights alone of the model `current` names
+    now; print both answers and whether the model learned the answer from its logs."""
+    checkpoint, loaded = model_to_ask(config, layout)
+    answer = answer_alone(loaded, QUESTION, MAX_NEW_TOKENS)
+    del loaded
+    gc.collect()
+    after = {"answer_after": answer, "answer_after_checkpoint": checkpoint}
+    learned, verdict = learning_verdict(before, after, cycle)
+    for line in learning_lines(before, after, verdict):
+        say(line)
+    return {**after, "learned": learned}
+
+
+def learning_lines(before: dict, after: dict, verdict: str) -> list[str]:
+    """What the demo prints on whether the loop learned: the question, both answers, the verdict."""
+    return [f"did it learn? {QUESTION}",
+            f"  Before the cycle (weights alone, {before['answer_before_checkpoint']}): {before['answer_before']}",
+            f"  After the cycle (weights alone, {after['answer_after_checkpoint']}): {after['answer_after']}",
+            f"  {verdict}"]
+
+
+def learning_verdict(before: dict, after: dict, cycle: dict | None) -> tuple[bool, str]:
+    """Whether the weights alone now answer with the name only the logs give, and one plain
+    sentence that says so (or why not)."""
+    if ANSWER.lower() in after["answer_after"].lower():
+        already = ANSWER.lower() in before["answer_before"].lower()
+        return True, (f"The model learned it from its logs: from its weights alone, with no memory in its context, "
+                      f"{after['answer_after_checkpoint']} answers with {ANSWER}"
+                      + (" (it already did before this cycle)." if already else "."))
+    return False, f"The model did not learn it in this demo: {why_not_learned(cycle)}."
+
+
+def why_not_learned(cycle: dict | None) -> str:
+    """Why the answer is still not in the weights, from the cycle's summary (run_one_cycle's)."""
+    if cycle is None:
+        return "no dream cycle ran"
+    steps = cycle.get("steps") or {}
+    gate = steps.get("gate")
+    if gate is None:
+        if cycle.get("status") != "ok":
+            return f"the dream cycle {cycle.get('status')} before the quality gate ({cycle.get('error')})"
+        return f"the cycle trained no candidate ({cycle.get('outcome')})"
+    if gate["decision"] == "promoted":
+        return f"the candidate {gate['checkpoint']} was promoted, but its weights alone still do not answer {ANSWER}"
+    return (f"the quality gate rejected the candidate {gate['checkpoint']} ("
+            + "; ".join(gate.get("reasons") or ["no reason given"]) + "), so `current` did not move")
 
 
 def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
@@ -294,7 +376,7 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
     if made:
         say(f"  dreams: {made.get('dreams', 0)} played out, {made.get('accepted', 0)} accepted by the signal agent"
             + (f"; rejected for {made['rejections']}" if made.get("rejections") else ""))
-    if "training" in steps:
+    if "candidate" in steps.get("training", {}):  # not when there was nothing to train on
         t = steps["training"]
         say(f"  training: {t['examples']} examples ({t['dream_examples']} dreams) from {t['parent']} -> "
             f"candidate {t['candidate']}, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
@@ -304,8 +386,8 @@ def run_one_cycle(daemon: Daemon, dreams: int, say: Say) -> dict | None:
             + "".join(f"\n    {reason}" for reason in g["reasons"]))
     say(f"  outcome: {result.get('outcome') or cycle.get('error')} in {time.monotonic() - started:.0f} s")
     after = daemon.ask("status")
-    return {"status": cycle.get("status"), "outcome": result.get("outcome"), "steps": steps,
-            "current": after["current"], "last_good": after["last_good"]}
+    return {"status": cycle.get("status"), "outcome": result.get("outcome"), "error": cycle.get("error"),
+            "steps": steps, "current": after["current"], "last_good": after["last_good"]}
 
 
 def show_status(daemon: Daemon, say: Say) -> dict:

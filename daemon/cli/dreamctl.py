@@ -6,10 +6,12 @@ import click
 
 from dreamd.daemon.cli.common import (
     ConfigProblem,
+    answer_alone,
     config_option,
     echo_json,
     emit,
     json_option,
+    model_to_ask,
     read_config,
     state_dir_option,
 )
@@ -94,23 +96,21 @@ def ask(obj: Context, question: str, max_new_tokens: int, checkpoint_id: str | N
     """Ask the model one question (greedy decoding, its own chat template). It is the model
     `current` names, the one that learned, unless --checkpoint or --base choose another."""
     from dreamd.trainers.checkpoints.manifest import CheckpointError
-    from dreamd.trainers.checkpoints.pointers import BASE, read_pointer
-    from dreamd.trainers.checkpoints.weights import load_as
-    from dreamd.trainers.generate import chat_reply
+    from dreamd.trainers.checkpoints.pointers import BASE
     from dreamd.trainers.model_store import ModelLoadError
 
     if checkpoint_id and use_base:
         raise click.UsageError("--checkpoint and --base choose different models: give one")
     config = obj.config()
     layout = obj.layout().ensure()
-    checkpoint = BASE if use_base else checkpoint_id or read_pointer(layout, "current")
     try:
-        loaded = load_as(config.model, layout.models, layout, checkpoint)
+        checkpoint, loaded = model_to_ask(config, layout, BASE if use_base else checkpoint_id)
     except ModelLoadError as exc:
         raise ConfigProblem(exc) from None
     except CheckpointError as exc:
-        raise click.ClickException(f"checkpoint {checkpoint} does not verify, so it cannot answer: {exc}") from None
-    answer = chat_reply(loaded, [{"role": "user", "content": question}], max_new_tokens=max_new_tokens)
+        raise click.ClickException(f"checkpoint {exc.checkpoint_id} does not verify, so it cannot answer: "
+                                   f"{exc}") from None
+    answer = answer_alone(loaded, question, max_new_tokens)
     emit({"question": question, "answer": answer, "checkpoint": checkpoint, "model_dir": str(loaded.directory)},
          as_json)
 
@@ -121,9 +121,11 @@ def ask(obj: Context, question: str, max_new_tokens: int, checkpoint_id: str | N
 @click.pass_obj
 def demo(obj: Context, dreams: int, as_json: bool):
     """Run the real dreamd once on the bundled sample logs, saying what each stage does: the
-    inbox and the memory graph, collisions, a question, then one dream cycle (dreams, signal agent,
-    training round, quality gate) and the status. Starts dreamd on the state dir and stops it at
-    the end (or uses, and leaves running, the one already there)."""
+    inbox and the memory graph, collisions, a question only the logs answer (from the weights
+    alone and with a memory), then one dream cycle (dreams, signal agent, training round, quality
+    gate), the question again from the weights alone (did the loop learn it?) and the status.
+    Starts dreamd on the state dir and stops it at the end (or uses, and leaves running, the one
+    already there)."""
     from dreamd.daemon.cli.demo import DemoError, run_demo
     from dreamd.daemon.service.process import DaemonExited
     from dreamd.memory_graph.embedder import EmbedderLoadError

@@ -29,16 +29,17 @@ log = structlog.get_logger(__name__)
 
 def load_judge(signal: SignalSettings, model: ModelSettings, models_dir: Path) -> LoadedModel | None:
     """The configured judge model, or None: the dreaming model judges."""
-    if not signal.judge_model_path or signal.judge_weight == 0:
+    if "judge" not in signal.weights():
         return None
     return load_model(ModelSettings(path=signal.judge_model_path, device=model.device, dtype=model.dtype), models_dir)
 
 
 def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder, *, dreams: DreamSettings,
                 signal: SignalSettings, graph_settings: GraphSettings, seed: int,
-                judge: LoadedModel | None = None, scorers=None) -> list[Dream]:
+                judge: LoadedModel | None = None, scorers=None, exclude: frozenset[int] = frozenset()) -> list[Dream]:
     """Draw collisions, dream one per collision, score, decide and store every dream (accepted
-    or not, with its provenance). Returns the dreams, ids set."""
+    or not, with its provenance). Returns the dreams, ids set. Memories in `exclude` (held out for
+    the gate) are never a dream's notes or question."""
     started = time.monotonic()
     seed = seed + dreams.seed
     graph.refresh(db)
@@ -46,7 +47,7 @@ def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder,
     if not collisions:
         log.info("no collisions to dream from", nodes=len(graph.ids))
         return []
-    batch = dream(loaded, collisions, dreams, seed)
+    batch = dream(db, loaded, collisions, dreams, seed, exclude=exclude)
     context = ScoringContext(signal, loaded=loaded, judge=judge, embed=getattr(embedder, "encode", embedder),
                              prior_vectors=prior_vectors(db))
     score_dreams(batch, context, scorers)
@@ -65,7 +66,12 @@ def summary(batch: list[Dream]) -> dict:
         if not d.accepted:
             key = d.reasons[0].split(" (")[0] if d.reasons else "unknown"
             reasons[key] = reasons.get(key, 0) + 1
-    return {"dreams": len(batch), "accepted": sum(d.accepted for d in batch),
+    by_kind: dict[str, int] = {}
+    for d in batch:
+        if d.accepted:
+            by_kind[d.kind] = by_kind.get(d.kind, 0) + 1
+    return {"dreams": len(batch), "accepted": sum(d.accepted for d in batch), "accepted_by_kind": by_kind,
+            "logged_targets": sum(d.accepted and d.target == "logged" for d in batch),
             "failed": sum(d.failure is not None for d in batch), "dream_ids": [d.id for d in batch],
             "rejections": reasons, "stop": not any(d.accepted for d in batch),
             "outcome": "no dream accepted" if not any(d.accepted for d in batch) else None}

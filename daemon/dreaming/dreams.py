@@ -1,23 +1,30 @@
-"""Dreams: a new situation composed from a memory collision, then played out by the model.
+"""Dreams: rehearsals of what a cluster of memories knows, answered by the model with the
+memories in front of it (the teacher) and later trained without them (the student).
 
-The idea: the memory graph is a latent space, a collision (2-4 distant memories joined by a
-walk) is a sample from it, and the model decodes it twice:
+The memory graph is a latent space and a collision (2-4 memories joined by walks) is a sample from
+it. A dream is decoded from it in two steps, both batched generation (trainers/generate.py):
 
-1. compose — the model reads the memory fragments (cut to a token budget) and writes a new user
-   message that combines them: a situation it has not seen, drawn at a temperature (the noise);
-2. play out — the model answers that scenario with neither the fragments nor the instructions in
-   its context, exactly as a training example will present it, so what is learned is the
-   behaviour and not the prompt.
+1. the scenario (scenarios.py): a question whose answer lies in the cluster — a member's logged
+   question, a rewording, "tell me about X", or, for `join` dreams, a new question the model
+   composes from the memories at a temperature (the noise);
+2. play out, as the teacher: the current model answers the scenario with the cluster's memories
+   as notes in its system message, newest first, so a later correction is read first.
 
-Both steps are batched generation (trainers/generate.py). A dream whose generation fails or
-times out keeps its `failure` and is rejected with it by the signal agent; it is still stored.
+The training example is the scenario alone followed by the teacher's answer (training_set.py):
+context distillation, the weights learning to answer as the model answers with its notes. A
+dream whose generation fails or times out keeps its `failure` and is rejected with it by the
+signal agent; it is still stored.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 
+from sqlite_utils import Database
+
+from dreamd.daemon.dreaming.scenarios import kind_of, member_exchange, scenario_for
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.graph import Collision
 from dreamd.trainers.generate import Generation, generate_chats
@@ -44,10 +51,13 @@ class Dream:
 
     node_ids: list[int]
     walk: list[list[int]]  # the collision's paths: node ids from node_ids[0] to each later member
-    fragments: list[str]  # the memories as the model saw them (compressed)
+    fragments: list[str]  # the memories as the model saw them (compressed), newest first
     temperature: float
+    kind: str = "join"  # which question the dream asks (scenarios.KINDS)
     scenario: str = ""
     response: str = ""
+    logged_answer: str | None = None  # the member's own answer, for kinds that ask its question
+    target: str = "teacher"  # whose answer is trained on: the teacher's, or the logged one (replay)
     scenario_tokens: int = 0
     response_tokens: int = 0
     failure: str | None = None  # why generation gave no usable dream
@@ -84,12 +94,17 @@ def composition_chat(fragments: list[str]) -> list[dict]:
     return [{"role": "user", "content": f"Fragments of earlier conversations:\n\n{listed}\n\n{COMPOSE_INSTRUCTION}"}]
 
 
+NOTES_HEADER = ("Notes from earlier conversations with this user, newest first (a newer note corrects an "
+                "older one). Answer from these notes.")
+
+
 def memory_chat(fragments: list[str], scenario: str) -> list[dict]:
-    """The scenario with its source memories in context (the divergence scorer's "with" side);
-    with no fragments, the same chat with the memories left out (its "without" side), so that the
-    two differ only in the memories and not in the system prompt the template would add."""
+    """The scenario with its memories as notes in the system message: the teacher's context, and
+    the divergence scorer's "with" side. With no fragments, the same chat with the notes left out
+    (the scorer's "without" side), so the two differ only in the memories, not in the system
+    prompt the template would otherwise add."""
     listed = "\n\n".join(fragments) if fragments else "(none)"
-    return [{"role": "system", "content": f"Memories from earlier conversations:\n\n{listed}"},
+    return [{"role": "system", "content": f"{NOTES_HEADER}\n\n{listed}"},
             {"role": "user", "content": scenario}]
 
 
@@ -112,10 +127,31 @@ def temperatures(settings: DreamSettings, count: int) -> list[float]:
     return [round(low + (high - low) * i / (count - 1), 4) for i in range(count)]
 
 
-def new_dreams(tokenizer, collisions: list[Collision], settings: DreamSettings) -> list[Dream]:
+def new_dreams(db: Database, tokenizer, collisions: list[Collision], settings: DreamSettings, seed: int,
+               exclude: frozenset[int] = frozenset()) -> list[Dream]:
+    """One dream per collision: its kind, its notes (newest first) and, unless it is a `join`, its
+    scenario. Memories in `exclude` (held out for the gate) are neither notes nor questions."""
+    rng = random.Random(seed)
     temps = temperatures(settings, len(collisions))
-    return [Dream(list(c.node_ids), [list(p) for p in c.paths], compress(tokenizer, c.texts, settings.fragment_tokens),
-                  temp) for c, temp in zip(collisions, temps)]
+    dreams = []
+    for index, (collision, temp) in enumerate(zip(collisions, temps)):
+        members = [(n, t) for n, t in zip(collision.node_ids, collision.texts) if n not in exclude]
+        newest_first = sorted(members, key=lambda member: member[0], reverse=True)
+        dream = Dream(list(collision.node_ids), [list(p) for p in collision.paths],
+                      compress(tokenizer, [t for _n, t in newest_first], settings.fragment_tokens), temp,
+                      kind=kind_of(index, settings.kinds))
+        if not members:
+            dream.failure = "every memory of the collision is held out for evaluation"
+        elif dream.kind != "join":
+            exchange = member_exchange(db, members[0][0])
+            dream.scenario, dream.logged_answer = scenario_for(dream.kind, exchange, rng)
+            if dream.kind == "about":  # what it knows about X: every member's logged answer, newest first
+                answers = [e.answer for e in (member_exchange(db, n) for n, _t in newest_first) if e is not None]
+                dream.logged_answer = " ".join(answers) or dream.logged_answer
+            if not dream.scenario:
+                dream.kind = "join"  # the memory holds no question and answer to ask again
+        dreams.append(dream)
+    return dreams
 
 
 def _generate(loaded: LoadedModel, dreams: list[Dream], chats: list[list[dict]], settings: DreamSettings,
@@ -137,8 +173,9 @@ def _generate(loaded: LoadedModel, dreams: list[Dream], chats: list[list[dict]],
 
 def compose(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, seed: int,
             batch_size: int | None = None) -> None:
-    """Write each dream's scenario (in place)."""
+    """Write the scenario of each `join` dream (in place); the other kinds have theirs already."""
     size = batch_size or settings.batch_size
+    dreams = [d for d in dreams if d.kind == "join" and d.failure is None]
     chats = [composition_chat(d.fragments) for d in dreams]
     made = _generate(loaded, dreams, chats, settings, settings.scenario_tokens, [d.temperature for d in dreams],
                      SCENARIO_STOPS, seed, size, prefill=COMPOSE_PREFILL)
@@ -156,10 +193,10 @@ def compose(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, s
 
 def play_out(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, seed: int,
              batch_size: int | None = None) -> None:
-    """The model's response to each scenario, with nothing else in its context (in place)."""
+    """The teacher's answer to each scenario: the model with the dream's memories as notes (in place)."""
     size = batch_size or settings.batch_size
     live = [d for d in dreams if d.failure is None]
-    chats = [[{"role": "user", "content": d.scenario}] for d in live]
+    chats = [memory_chat(d.fragments, d.scenario) for d in live]
     made = _generate(loaded, live, chats, settings, settings.response_tokens,
                      [settings.response_temperature] * len(live), RESPONSE_STOPS, seed + 100_003, size)
     for dream, generation in zip(live, made):
@@ -173,10 +210,10 @@ def play_out(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, 
             dream.failure = "the model gave no response"
 
 
-def dream(loaded: LoadedModel, collisions: list[Collision], settings: DreamSettings, seed: int,
-          batch_size: int | None = None) -> list[Dream]:
-    """Compose and play out one dream per collision (not yet scored or stored)."""
-    dreams = new_dreams(loaded.tokenizer, collisions, settings)
+def dream(db: Database, loaded: LoadedModel, collisions: list[Collision], settings: DreamSettings, seed: int,
+          batch_size: int | None = None, exclude: frozenset[int] = frozenset()) -> list[Dream]:
+    """Ask and play out one dream per collision (not yet scored or stored)."""
+    dreams = new_dreams(db, loaded.tokenizer, collisions, settings, seed, exclude)
     compose(loaded, dreams, settings, seed, batch_size)
     play_out(loaded, dreams, settings, seed, batch_size)
     return dreams

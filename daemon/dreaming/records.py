@@ -34,14 +34,15 @@ def save_dreams(db: Database, dreams: list[Dream], *, batch: str, model: str, se
         for dream in dreams:
             cursor = db.execute(
                 "INSERT INTO dreams (batch, created_at, model, seed, node_ids, walk, fragments, temperature, scenario, "
-                "response, generated_tokens, failure, scores, total, accepted, reasons, status, vector) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "response, generated_tokens, failure, scores, total, accepted, reasons, status, vector, kind, target) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (batch, now, model, seed, json.dumps(dream.node_ids), json.dumps(dream.walk),
                  json.dumps(dream.fragments, ensure_ascii=False), dream.temperature, dream.scenario, dream.response,
                  dream.generated_tokens, dream.failure,
                  json.dumps({n: s.to_dict() for n, s in dream.scores.items()}, ensure_ascii=False),
                  dream.total, int(dream.accepted), json.dumps(dream.reasons, ensure_ascii=False),
-                 status_of(dream, review), vector_blob(dream.vector) if dream.vector is not None else None),
+                 status_of(dream, review), vector_blob(dream.vector) if dream.vector is not None else None,
+                 dream.kind, dream.target),
             )
             dream.id = cursor.lastrowid
             db.conn.executemany("INSERT INTO dream_memories (dream_id, position, node_id) VALUES (?, ?, ?)",
@@ -50,10 +51,12 @@ def save_dreams(db: Database, dreams: list[Dream], *, batch: str, model: str, se
 
 
 def prior_vectors(db: Database, limit: int = 50_000) -> np.ndarray | None:
-    """Embeddings of dreams accepted before (trained or about to be): novelty is measured against
-    them. The newest `limit`, which bounds the similarity matrix."""
+    """Embeddings of dreams accepted and not yet trained on: a near-duplicate of one of them adds
+    nothing to the next round (a fact rehearsed again in a later round is wanted). The newest
+    `limit`, which bounds the similarity matrix."""
     rows = db.execute(
-        "SELECT vector FROM dreams WHERE accepted = 1 AND vector IS NOT NULL ORDER BY id DESC LIMIT ?", (limit,)
+        "SELECT vector FROM dreams WHERE accepted = 1 AND trained_in IS NULL AND vector IS NOT NULL "
+        "ORDER BY id DESC LIMIT ?", (limit,)
     ).fetchall()
     return np.stack([blob_vector(r[0]) for r in rows]) if rows else None
 

@@ -7,14 +7,21 @@ from dataclasses import dataclass
 from dreamd.trainers.settings import require, setting
 
 SCHEDULES = ("constant", "spread")
-SCORERS = ("divergence", "judge", "hygiene", "novelty")
+SCORERS = ("divergence", "grounding", "judge", "hygiene", "novelty")
+KINDS = ("logged", "reworded", "about", "join")
 
 
 @dataclass
 class DreamSettings:
     """How dreams are composed from memory collisions and played out by the model."""
 
-    per_cycle: int = setting(16, "Dreams composed per cycle (one collision each).")
+    per_cycle: int = setting(32, "Dreams per cycle (one collision each).")
+    kinds: list[str] = setting(
+        ["logged", "reworded", "about", "join"],
+        "The questions dreams ask, in turn: logged (a memory's own question), reworded (it in other words), "
+        "about (\"tell me what you know about X\"), join (a new question the model composes from the "
+        "memories). A kind listed twice comes twice as often.",
+    )
     batch_size: int = setting(16, "Dreams generated together in one left-padded batch.")
     fragment_tokens: int = setting(
         384, "Token budget of the memory fragments shown to the model when composing, shared among the 2-4 memories."
@@ -32,11 +39,9 @@ class DreamSettings:
     )
     temperature_min: float = setting(0.5, "Lowest composition temperature of the spread schedule.")
     response_temperature: float = setting(
-        1.0,
-        "Sampling temperature of the response. 1 samples the weights' own behaviour without bias; "
-        "the divergence filter then keeps the samples the memories support more than the weights "
-        "do. (A greedy or cooled response is the weights' favourite, so its divergence is almost "
-        "never positive.)",
+        0.0,
+        "Sampling temperature of the teacher's answer (the model with the memories as notes). 0: "
+        "greedy, its most likely answer given the notes, which is what the student should learn.",
     )
     generation_timeout_seconds: float = setting(
         300.0,
@@ -47,6 +52,11 @@ class DreamSettings:
         0.5,
         "Share of a round's training set that is replayed real exchanges from the logs (for "
         "diversity), the rest accepted dreams; 0: dreams only.",
+    )
+    anchor_fraction: float = setting(
+        0.4,
+        "Share of every round's training set taken from the anchor bank: general prompts with the base "
+        "model's own answers, so general behaviour is held while facts move. 0 turns the anchor off.",
     )
     replay_history_messages: int = setting(
         6, "Earlier messages of its conversation kept as the context of a replayed exchange."
@@ -72,6 +82,9 @@ class DreamSettings:
                 self.generation_timeout_seconds)
         require(self.seed >= 0, "seed", "0 or more", self.seed)
         require(0 <= self.replay_fraction < 1, "replay_fraction", "a number in [0, 1)", self.replay_fraction)
+        require(0 <= self.anchor_fraction < 1, "anchor_fraction", "a number in [0, 1)", self.anchor_fraction)
+        require(bool(self.kinds) and all(k in KINDS for k in self.kinds), "kinds",
+                "a non-empty list of " + ", ".join(KINDS), self.kinds)
         require(0 <= self.replay_history_messages <= 1000, "replay_history_messages", "an integer from 0 to 1000",
                 self.replay_history_messages)
 
@@ -82,23 +95,34 @@ class SignalSettings:
 
     divergence_weight: float = setting(
         1.0,
-        "Weight of memory divergence: how much likelier the response is with its source memories in "
-        "context than without (the behaviour the weights have not absorbed yet). 0 turns it off.",
+        "Weight of memory support: how much likelier the answer is with its memories in context than "
+        "without (what the memories know and the weights do not yet). 0 turns it off.",
     )
     min_divergence: float = setting(
-        -0.1,
-        "Least divergence accepted, in nats per response token (with-memory minus without-memory "
-        "log-prob). Slightly below 0 because the memories' text alone lowers the likelihood of a "
-        "generic answer (by 0.01-0.2 nats/token on the default model); raise it towards 0 or above "
-        "for a stricter filter.",
+        0.1,
+        "Least memory support accepted, in nats per answer token (log p(answer | memories, question) "
+        "minus log p(answer | question)). Positive: an answer the memories do not make likelier "
+        "teaches the weights nothing they do not already say.",
     )
     divergence_scale: float = setting(
         0.5, "Divergence above min_divergence (nats per token) that counts as a full 1.0 in the weighted total."
     )
-    judge_weight: float = setting(1.0, "Weight of the judge's rating of the response. 0 turns the judge off.")
+    grounding_weight: float = setting(
+        1.0, "Weight of grounding: the answer's content words must come from its memories or its question."
+    )
+    max_unsupported_share: float = setting(
+        0.34,
+        "Largest share of the answer's content words found neither in its memories nor in its question "
+        "(a cheap hallucination check; the reason names the words).",
+    )
+    judge_weight: float = setting(
+        1.0,
+        "Weight of the judge's rating of the answer; the judge runs only when judge_model_path names a "
+        "model (a small model rates its own dreams 10 whatever they say). 0 turns it off.",
+    )
     min_judge_score: float = setting(5.0, "Least judge rating accepted, on the rubric's 1-10 scale.")
     judge_model_path: str = setting(
-        "", "A larger local Hugging Face model directory to judge with. Empty: the dreaming model judges."
+        "", "A larger local Hugging Face model directory to judge with. Empty: no judge."
     )
     judge_rubric: str = setting(
         "Rate the assistant's reply to the user's message from 1 to 10: 10 if it is helpful, correct "
@@ -119,20 +143,24 @@ class SignalSettings:
         "Case-insensitive phrases that mark a refusal or boilerplate response.",
     )
     novelty_weight: float = setting(
-        1.0, "Weight of novelty: embedding distance from dreams already accepted and from the rest of the batch."
+        1.0,
+        "Weight of novelty, a near-duplicate filter: embedding distance from the batch's other dreams and "
+        "from accepted dreams not yet trained on (a fact repeated in new words is wanted).",
     )
     min_novelty: float = setting(
-        0.05,
-        "Least novelty accepted: 1 minus the highest cosine similarity to an earlier dream (0.05: cosine below 0.95).",
+        0.01,
+        "Least novelty accepted: 1 minus the highest cosine similarity to another dream (0.01: cosine below 0.99).",
     )
     min_total: float = setting(
-        0.5, "Least weighted mean of the enabled scores (each from 0 to 1) for a dream to be accepted."
+        0.0, "Least weighted mean of the enabled scores (each from 0 to 1); 0: each scorer's own threshold decides."
     )
 
     def __post_init__(self) -> None:
         for name in SCORERS:
             key = f"{name}_weight"
             require(getattr(self, key) >= 0, key, "0 (off) or positive", getattr(self, key))
+        require(0 <= self.max_unsupported_share <= 1, "max_unsupported_share", "a number from 0 to 1",
+                self.max_unsupported_share)
         require(self.divergence_scale > 0, "divergence_scale", "a positive number", self.divergence_scale)
         require(1 <= self.min_judge_score <= 10, "min_judge_score", "a number from 1 to 10", self.min_judge_score)
         require(self.judge_rubric.strip() != "", "judge_rubric", "a non-empty text", self.judge_rubric)
@@ -144,5 +172,6 @@ class SignalSettings:
         require(0 <= self.min_total <= 1, "min_total", "a number from 0 to 1", self.min_total)
 
     def weights(self) -> dict[str, float]:
-        """The enabled scorers and their weights."""
-        return {name: getattr(self, f"{name}_weight") for name in SCORERS if getattr(self, f"{name}_weight") > 0}
+        """The enabled scorers and their weights (the judge only with a judge model)."""
+        return {name: getattr(self, f"{name}_weight") for name in SCORERS
+                if getattr(self, f"{name}_weight") > 0 and (name != "judge" or self.judge_model_path)}

@@ -1,7 +1,18 @@
 """The signal agent: scores each dream and accepts or rejects it, with reasons.
 
-It is the reward of filtered behavioural cloning: only dreams it accepts are trained
-on. Each scorer is a function `(dreams, context) -> [Score]` over a whole batch (the model-backed
+Only dreams it accepts are trained on, so it decides what the weights learn. It asks of the
+teacher's answer (played out with the memories as notes):
+
+- memory support (`divergence`): the memories make the answer likelier, per token, by more than a
+  positive threshold: the answer carries something the memories know and the weights do not yet;
+- grounding: the answer's content words come from the memories or the question (the reason names
+  the words that do not);
+- hygiene, and novelty as a near-duplicate filter; a judge model only when one is configured.
+
+A dream that asks a memory's own question (every kind but `join`) and whose teacher answer fails
+support or grounding is not lost: the memory's logged answer becomes its target (replay).
+
+Each scorer is a function `(dreams, context) -> [Score]` over a whole batch (the model-backed
 ones batch their forward passes); `score_dreams` runs those with a weight above 0 in `[signal]`,
 and `decide` (pure) turns a dream's scores into the decision:
 
@@ -14,6 +25,7 @@ whose answer cannot be parsed rejects the dream; it never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -27,6 +39,7 @@ from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import response_losses
 from dreamd.trainers.generate import generate_chats
 from dreamd.trainers.model_store import LoadedModel
+from dreamd.trainers.words import unsupported
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ def hygiene_problems(dream: Dream, settings: SignalSettings) -> list[str]:
     if repeated_ngram_share(scenario) > settings.max_repeated_ngrams:
         problems.append("repetitive scenario")
     plain = " ".join(scenario.lower().split())
-    if len(plain) >= 20 and any(plain in " ".join(f.lower().split()) for f in dream.fragments):
+    if dream.kind == "join" and len(plain) >= 20 and any(plain in " ".join(f.lower().split()) for f in dream.fragments):
         problems.append("the scenario copies a memory instead of combining them")
     return problems
 
@@ -195,6 +208,21 @@ def score_divergence(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     return out
 
 
+# -- grounding (pure) ---------------------------------------------------------------------------
+def score_grounding(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
+    limit = ctx.settings.max_unsupported_share
+    out = []
+    for dream in dreams:
+        words, total = unsupported(dream.response, dream.scenario, *dream.fragments)
+        share = len(words) / total if total else 0.0
+        ok = share <= limit
+        listed = ", ".join(words[:8]) + (" ..." if len(words) > 8 else "")
+        reason = (f"{len(words)} of {total} content words in neither the memories nor the question"
+                  f"{': ' + listed if words else ''} ({share:.2f} {'<=' if ok else '>'} {limit:g})")
+        out.append(Score("grounding", share, 1.0 - share, ok, reason, {"unsupported": words}))
+    return out
+
+
 # -- novelty ------------------------------------------------------------------------------------
 def dream_text(dream: Dream) -> str:
     return f"{dream.scenario}\n{dream.response}"
@@ -226,6 +254,7 @@ def score_novelty(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
 SCORERS: dict[str, Callable[[list[Dream], ScoringContext], list[Score]]] = {
     "hygiene": score_hygiene,
     "divergence": score_divergence,
+    "grounding": score_grounding,
     "judge": score_judge,
     "novelty": score_novelty,
 }
@@ -267,3 +296,27 @@ def score_dreams(dreams: list[Dream], ctx: ScoringContext, scorers=None) -> None
             dream.scores[name] = score
     for dream in dreams:
         dream.accepted, dream.total, dream.reasons = decide(dream.scores, ctx.settings, dream.failure)
+        fall_back_to_logged(dream, ctx.settings)
+
+
+TEACHER_CHECKS = ("divergence", "grounding")  # what a logged answer, taken from the memory itself, passes
+
+
+def fall_back_to_logged(dream: Dream, settings: SignalSettings) -> None:
+    """A dream that asks a memory's own question, whose teacher answer failed only support or
+    grounding, is trained on the memory's logged answer instead (in place; its scores stay the
+    teacher's, `target` says which answer it holds)."""
+    if dream.accepted or dream.failure or not dream.logged_answer:
+        return
+    failed = [name for name, score in dream.scores.items() if not score.passed]
+    if not failed or any(name not in TEACHER_CHECKS or dream.scores[name].value is None for name in failed):
+        return  # another check failed, or a scorer broke (value None): rejected as decided
+    problems = hygiene_problems(dataclasses.replace(dream, response=dream.logged_answer), settings)
+    if problems:
+        dream.reasons = dream.reasons + [f"the logged answer fails hygiene too: {'; '.join(problems)}"]
+        return
+    teacher = dream.reasons
+    dream.response, dream.target = dream.logged_answer, "logged"
+    dream.accepted = True
+    dream.reasons = [f"replay: the teacher's answer failed ({'; '.join(teacher)}); the memory's logged answer "
+                     "is the target"]

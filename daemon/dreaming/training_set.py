@@ -1,12 +1,13 @@
-"""A round's training set: accepted dreams mixed with replayed real exchanges from the logs.
+"""A round's training set: accepted dreams, replayed real exchanges, and the anchor share.
 
-Both become context-frozen examples (trainers/examples.py): the context is what the model reads
-(a dream's scenario alone, or a real exchange's recent history), the response is the assistant
-turn it learns. Replaying real exchanges beside the dreams is interleaved replay:
-the weights keep seeing the distribution they came from, not only their own recombinations.
+All become context-frozen examples (trainers/examples.py): the context is what the model reads
+(a dream's scenario alone, without its notes; a real exchange's recent history; an anchor
+prompt), the response is the assistant turn it learns. Replay keeps the weights on the logs
+themselves; the anchors (the base model's own answers to general prompts, trainers/anchors.py)
+hold general behaviour while facts move.
 
 Example ids trace back: `dream:<id>` to a dreams row (and through it to its memories and walk),
-`replay:<node id>` to a memory node.
+`replay:<node id>` to a memory node, `anchor:<id>` to the shipped anchor bank.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from sqlite_utils import Database
 from dreamd.daemon.dreaming.records import TRAINABLE
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.database.store import write
+from dreamd.trainers.anchors import Anchor
 from dreamd.trainers.examples import TrainingExample
 
 CHAT_ROLES = ("system", "user", "assistant")  # tool output is not a turn a chat template knows
 
 
-def replay_count(dreams: int, fraction: float) -> int:
-    """Replayed exchanges so that they are `fraction` of the whole set (none without dreams)."""
-    return round(dreams * fraction / (1 - fraction)) if dreams else 0
+def share_count(others: int, fraction: float) -> int:
+    """How many examples to add to `others` so that they are `fraction` of the whole set (none
+    when there is nothing else to train on)."""
+    return round(others * fraction / (1 - fraction)) if others else 0
 
 
 def dream_examples(db: Database, limit: int) -> list[TrainingExample]:
@@ -76,15 +79,23 @@ def replay_examples(db: Database, count: int, history: int, seed: int,
     return out
 
 
-def training_set(db: Database, settings: DreamSettings, seed: int,
-                 exclude_nodes: frozenset[int] = frozenset()) -> list[TrainingExample]:
-    """The next round's examples: the oldest untrained accepted (or approved) dreams, then the
-    replayed exchanges. Empty when there is no dream to train on. `exclude_nodes` keeps memories
-    out of replay (held-out evaluation exchanges)."""
+def anchor_examples(anchors: list[Anchor], count: int, seed: int) -> list[TrainingExample]:
+    """`count` anchors drawn at random (the same for the same seed), the bank in turn when more are wanted."""
+    order = list(anchors)
+    random.Random(seed).shuffle(order)
+    return [order[i % len(order)].example() for i in range(count)] if order else []
+
+
+def training_set(db: Database, settings: DreamSettings, seed: int, exclude_nodes: frozenset[int] = frozenset(),
+                 anchors: list[Anchor] = ()) -> list[TrainingExample]:
+    """The next round's examples: the oldest untrained accepted (or approved) dreams, the replayed
+    exchanges, then the anchor share. Empty when there is no dream to train on. `exclude_nodes`
+    keeps memories out of replay (held-out evaluation exchanges)."""
     dreams = dream_examples(db, settings.max_dreams_per_round)
-    replays = replay_examples(db, replay_count(len(dreams), settings.replay_fraction),
+    replays = replay_examples(db, share_count(len(dreams), settings.replay_fraction),
                               settings.replay_history_messages, seed, exclude_nodes)
-    return dreams + replays
+    rest = dreams + replays
+    return rest + anchor_examples(list(anchors), share_count(len(rest), settings.anchor_fraction), seed)
 
 
 def mark_trained(db: Database, examples: list[TrainingExample], checkpoint_id: str) -> int:

@@ -31,17 +31,19 @@ from dreamd.daemon.gate.evaluations import promoted_history, record, stored
 from dreamd.daemon.gate.history import PROMOTED, ROLLED_BACK, read_pointers, record_pointer_moves, rollback_and_record
 from dreamd.daemon.gate.suite import build_suite
 from dreamd.daemon.service.state_dir import StateLayout
+from dreamd.trainers.anchors import base_anchors
 from dreamd.trainers.checkpoints.manifest import CheckpointError
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
 from dreamd.trainers.checkpoints.weights import load_as
-from dreamd.trainers.gate.metrics import BaseReference, evaluate, next_token_logprobs
+from dreamd.trainers.gate.metrics import base_reference, evaluate
 from dreamd.trainers.gate.rules import Decision, decide, forgetting_per_slice
+from dreamd.trainers.model_store import resolve_model_dir
 
 log = structlog.get_logger(__name__)
 
 Embed = Callable[[list[str]], np.ndarray]
-BRIEF_METRICS = ("heldout_loss", "probe_loss", "probe_accuracy", "kl_to_base", "fingerprint_to_base",
-                 "acquisition_loss")
+BRIEF_METRICS = ("probe_loss", "probe_accuracy", "kl_to_base", "acquisition_loss", "acquisition_recall",
+                 "retention_loss", "retention_recall", "heldout_loss")
 
 
 class Evaluator:
@@ -49,15 +51,16 @@ class Evaluator:
 
     def __init__(self, config: Config, layout: StateLayout, db: Database, embed: Embed):
         self.config, self.layout, self.db, self.embed = config, layout, db, embed
-        self.suite, self.key = build_suite(db, config.evaluation)
         base = load_as(config.model, layout.models, layout, BASE)
+        anchors = base_anchors(resolve_model_dir(config.model, layout.models), layout.models, lambda: base)
+        self.suite, self.key = build_suite(db, config.evaluation, anchors)
         cached = self._stored(BASE)
         if cached is None:
             started = time.monotonic()
             metrics, fingerprint = evaluate(base, self.suite, embed, None)
             record(db, BASE, "base", self.key, metrics, fingerprint, "baseline", [], time.monotonic() - started)
             cached = (metrics, fingerprint)
-        self.base = BaseReference(next_token_logprobs(base, self.suite.probe_exchanges()), cached[1], cached[0])
+        self.base = base_reference(base, self.suite, embed, *cached)
 
     def _stored(self, checkpoint: str) -> tuple[dict[str, Any], np.ndarray] | None:
         return stored(self.db, checkpoint, self.key, len(self.suite.fingerprint_prompts))

@@ -1,9 +1,13 @@
 """The evaluation suite, built from the memory graph: what every candidate is measured on.
 
+- learning: the newest (trainable) exchanges asked again in other words — a question made of the
+  logged question's content words, a wording no rehearsal uses, so the gate credits what was
+  learned, not what was recited;
+- retention: older exchanges, spread over time, asked the same way;
 - held-out exchanges, chosen by content hash (so fixed at ingest, the same on every machine and in
   every round, and never trained on), cut into time slices in ingest order: forgetting over time;
-- recent (trained-on) exchanges asked again in other words: acquisition, not recitation;
-- the shipped probes and fingerprint prompts (trainers/gate/metrics.py).
+- the shipped general probes, the anchor bank with the base's answers, and the fingerprint
+  prompts (trainers/gate/metrics.py): damage.
 
 The suite has a key, a hash of what is in it: the same weights on the same suite give the same
 numbers, so evaluations are stored and reused per key (daemon/gate/evaluations.py).
@@ -11,22 +15,19 @@ numbers, so evaluations are stored and reused per key (daemon/gate/evaluations.p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import re
 
 from sqlite_utils import Database
 
 from dreamd.daemon.dreaming.training_set import replay_example
+from dreamd.trainers.anchors import Anchor
 from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import EvalSuite, ask
 from dreamd.trainers.settings import EvalSettings
+from dreamd.trainers.words import content_words
 
-STOPWORDS = frozenset(
-    "about after again also been before being could does doing from have here into just like make more most "
-    "much need only other over same should some such than that their them then there these they this those "
-    "very want were what when where which while will with would your yours please thanks thank".split()
-)
 KEYWORDS_PER_QUESTION = 5
 
 
@@ -64,40 +65,45 @@ def heldout_slices(db: Database, settings: EvalSettings) -> dict[str, list[Train
 def reworded(example: TrainingExample) -> TrainingExample:
     """The exchange asked again in other words: its answer after a question made of its keywords."""
     question = next(m["content"] for m in reversed(example.messages) if m["role"] == "user")
-    words: list[str] = []
-    for word in re.findall(r"[A-Za-z][A-Za-z0-9'-]{3,}", question):
-        if word.lower() not in STOPWORDS and word.lower() not in (w.lower() for w in words):
-            words.append(word)
-    keywords = sorted(words, key=len, reverse=True)[:KEYWORDS_PER_QUESTION]
+    keywords = sorted(content_words(question), key=len, reverse=True)[:KEYWORDS_PER_QUESTION]
     return ask(f"Remind me what you told me about {', '.join(keywords) or 'that'}.", example.messages[-1]["content"],
                example.id.replace("replay:", "acquire:"))
 
 
-def acquisition_examples(db: Database, settings: EvalSettings, held_out: set[int]) -> list[TrainingExample]:
-    """The newest `acquisition_count` exchanges that are not held out, reworded."""
-    rows = db.execute("SELECT id FROM memory_nodes ORDER BY id DESC LIMIT ?",
-                      (settings.acquisition_count * 2 + len(held_out),)).fetchall()
-    out = []
-    for (node,) in rows:
-        if len(out) == settings.acquisition_count:
-            break
-        example = replay_example(db, node, 0) if node not in held_out else None
+def learning_and_retention(db: Database, settings: EvalSettings,
+                           held_out: set[int]) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """The newest `acquisition_count` trainable exchanges (learning) and `retention_count` of the
+    older ones, evenly spread over time (retention), each reworded."""
+    nodes = [n for (n,) in db.execute("SELECT id FROM memory_nodes ORDER BY id DESC").fetchall() if n not in held_out]
+    examples = []
+    for node in nodes:  # some nodes have no question or answer: skip them
+        example = replay_example(db, node, 0)
         if example is not None:
-            out.append(reworded(example))
-    return out
+            examples.append(example)
+        if len(examples) == settings.acquisition_count and not settings.retention_count:
+            break
+    learning, older = examples[: settings.acquisition_count], examples[settings.acquisition_count :][::-1]
+    retention = [older[i] for i in spread(len(older), settings.retention_count)] if settings.retention_count else []
+    return ([reworded(e) for e in learning],
+            [dataclasses.replace(reworded(e), id=e.id.replace("replay:", "retain:")) for e in retention])
 
 
-def build_suite(db: Database, settings: EvalSettings) -> tuple[EvalSuite, str]:
+def build_suite(db: Database, settings: EvalSettings, anchors: list[Anchor] = ()) -> tuple[EvalSuite, str]:
     """(suite, key): the key changes whenever anything in the suite does."""
     held_out = set(held_out_nodes(db, settings.heldout_percent))
+    learning, retention = learning_and_retention(db, settings, held_out)
     suite = EvalSuite(
         heldout_slices=heldout_slices(db, settings),
-        acquisition=acquisition_examples(db, settings, held_out),
+        acquisition=learning,
+        retention=retention,
+        anchors=[a.example() for a in anchors],
         max_new_tokens=settings.max_new_tokens,
     )
     described = {
         "slices": {name: [e.id for e in exs] for name, exs in suite.heldout_slices.items()},
         "acquisition": [e.id for e in suite.acquisition],
+        "retention": [e.id for e in suite.retention],
+        "anchors": [e.messages[-1]["content"] for e in suite.anchors],
         "probes": [p.id for p in suite.probes],
         "fingerprint": suite.fingerprint_prompts,
         "max_new_tokens": suite.max_new_tokens,

@@ -3,11 +3,14 @@
 Both run in the daemon's child process (loop/__init__.py; `dreamctl experiment` and the tests
 call run_cycle in their own process). A cycle:
 
-    dreams    the current model plays out scenarios drawn from collisions in the memory graph; the
-              signal agent scores and decides; every dream is stored with its provenance
-    training  accepted dreams + replayed real exchanges (never held-out ones) -> one
-              context-frozen round from `current` -> a candidate checkpoint; the round is recorded
-    gate      the evaluation suite on the candidate, against `current` and the base -> a decision
+    dreams    questions drawn from clusters of memories (collisions in the graph), answered by the
+              current model with the memories as notes (the teacher); the signal agent keeps the
+              answers the memories support; every dream is stored with its provenance
+    training  accepted dreams *without* their notes + replayed real exchanges (never held-out ones)
+              + the anchor share (the base's answers to general prompts) -> one context-frozen
+              round from `current` -> a candidate checkpoint; the round is recorded
+    gate      damage (general probes, anchor KL), learning (reworded questions about the new
+              memories) and retention (about older ones), against `current` and the base -> a decision
     promote   `current` and `last_good` move to the candidate, or it is rejected; recorded either way
 
 It stops early, with a reason, when there are no collisions to dream from, no dream was accepted, or
@@ -39,10 +42,11 @@ from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.graph import MemoryGraph
+from dreamd.trainers.anchors import Anchor, base_anchors
 from dreamd.trainers.checkpoints.pointers import read_pointer
 from dreamd.trainers.checkpoints.weights import load_as
 from dreamd.trainers.examples import TrainingExample
-from dreamd.trainers.model_store import load_model
+from dreamd.trainers.model_store import load_model, resolve_model_dir
 from dreamd.trainers.round import train_round
 
 NO_COLLISIONS = "no collisions to dream from (too few memories)"
@@ -59,24 +63,29 @@ def run_cycle(config: dict[str, Any], state_root: str, seed: int | None = None) 
     steps: dict[str, dict[str, Any]] = {}
     with closing(open_store(layout.database)) as db:
         current = read_pointer(layout, "current")
-        batch = dream_with(settings, layout, db, embedder, current, seed)
+        held_out = frozenset(held_out_nodes(db, settings.evaluation.heldout_percent))
+        started = time.monotonic()
+        batch = dream_with(settings, layout, db, embedder, current, seed, held_out)
         if not batch:
             steps["dreams"] = {"stop": True, "outcome": NO_COLLISIONS, "dreams": 0}
             return stopped_at("dreams", steps)
-        steps["dreams"] = {**summary(batch), "model": current, "seed": seed}  # outcome: "no dream accepted"
+        steps["dreams"] = {**summary(batch), "model": current, "seed": seed,  # outcome: "no dream accepted"
+                           "seconds": round(time.monotonic() - started, 1)}
         if not any(dream.accepted for dream in batch):
             return stopped_at("dreams", steps)
 
-        examples = training_examples(settings, db, seed)
+        examples = training_examples(settings, layout, db, seed, held_out)
         if not examples:
             steps["training"] = {"stop": True, "outcome": NOTHING_TO_TRAIN, "examples": 0}
             return stopped_at("training", steps)
         steps["training"] = train_candidate(settings, layout, db, examples)
 
+        started = time.monotonic()
         judgement = judge_candidate(settings, layout, db, steps["training"]["candidate"], embedder.encode)
         steps["gate"] = {"checkpoint": judgement.candidate, "decision": judgement.outcome,
-                         "reasons": judgement.decision.reasons, "compared_to": judgement.compared_to,
-                         "eval_seconds": round(judgement.eval_seconds, 2)}
+                         "failed": judgement.decision.failed, "reasons": judgement.decision.reasons,
+                         "compared_to": judgement.compared_to, "eval_seconds": round(judgement.eval_seconds, 2),
+                         "seconds": round(time.monotonic() - started, 1)}
         applied = apply_judgement(layout, db, judgement)
         # Only now are the dreams spent: a cycle stopped before the gate decided leaves them for the next.
         mark_trained(db, examples, judgement.candidate)
@@ -99,21 +108,29 @@ def stopped_at(step: str, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def dream_with(settings: Config, layout: StateLayout, db: Database, embedder: Embedder, checkpoint: str,
-               seed: int) -> list[Dream]:
+               seed: int, held_out: frozenset[int] = frozenset()) -> list[Dream]:
     """Collisions -> dreams -> the signal agent's decisions, all stored; empty without collisions.
     The dreaming model (and the judge) are loaded here and freed on return, before training
-    loads its own copy."""
+    loads its own copy. Held-out memories are never a dream's notes or question."""
     loaded = load_as(settings.model, layout.models, layout, checkpoint)
     judge = load_judge(settings.signal, settings.model, layout.models)
     return dream_batch(db, MemoryGraph.load(db), loaded, embedder, dreams=settings.dreams, signal=settings.signal,
-                       graph_settings=settings.graph, seed=seed, judge=judge)
+                       graph_settings=settings.graph, seed=seed, judge=judge, exclude=held_out)
 
 
-def training_examples(settings: Config, db: Database, seed: int) -> list[TrainingExample]:
-    """The round's examples: untrained accepted dreams and replayed exchanges, never a held-out one
-    (the gate measures on those)."""
-    held_out = frozenset(held_out_nodes(db, settings.evaluation.heldout_percent))
-    return training_set(db, settings.dreams, seed, exclude_nodes=held_out)
+def anchors_of(settings: Config, layout: StateLayout) -> list[Anchor]:
+    """The anchor bank with the base model's answers (generated once per base, then cached)."""
+    if settings.dreams.anchor_fraction == 0:
+        return []
+    model_dir = resolve_model_dir(settings.model, layout.models)
+    return base_anchors(model_dir, layout.models, lambda: load_model(settings.model, layout.models))
+
+
+def training_examples(settings: Config, layout: StateLayout, db: Database, seed: int,
+                      held_out: frozenset[int]) -> list[TrainingExample]:
+    """The round's examples: untrained accepted dreams, replayed exchanges (never a held-out one:
+    the gate measures on those) and the anchor share."""
+    return training_set(db, settings.dreams, seed, exclude_nodes=held_out, anchors=anchors_of(settings, layout))
 
 
 def train_candidate(settings: Config, layout: StateLayout, db: Database,
@@ -126,8 +143,11 @@ def train_candidate(settings: Config, layout: StateLayout, db: Database,
     candidate = train_round(load_model(settings.model, layout.models), examples, settings.training, layout,
                             parent_id=parent, on_step=lambda _index, result: losses.append(result.loss))
     dream_examples = sum(e.id.startswith("dream:") for e in examples)
+    anchor_examples = sum(e.id.startswith("anchor:") for e in examples)
     record_training_round(db, checkpoint=candidate, parent=parent, mode=settings.training.mode, started_at=started,
                           finished_at=time.time(), examples=len(examples), dream_examples=dream_examples,
                           losses=losses)
     return {"candidate": candidate, "parent": parent, "examples": len(examples), "dream_examples": dream_examples,
+            "anchor_examples": anchor_examples, "example_ids": [e.id for e in examples],
+            "seconds": round(time.time() - started, 1),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}

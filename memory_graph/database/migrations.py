@@ -204,6 +204,17 @@ def m005_history(db: Database) -> None:
     """)
 
 
+@migration
+def m006_dream_kinds(db: Database) -> None:
+    # Dreams became rehearsals: which question a dream asks (logged, reworded, about, join), and
+    # whose answer it trains on (teacher: the model with its notes; logged: the memory's own, replay).
+    # No SQL comments here: SQLite copies an added column's text, comments too, into the table's schema.
+    _run(db, """
+    ALTER TABLE dreams ADD COLUMN kind TEXT NOT NULL DEFAULT 'join';
+    ALTER TABLE dreams ADD COLUMN target TEXT NOT NULL DEFAULT 'teacher'
+    """)
+
+
 def migrate(db: Database) -> list[str]:
     """Apply the migrations this database lacks; return the names applied."""
     from dreamd.memory_graph.database.store import write

@@ -14,6 +14,7 @@ configured temperatures means the two runs' texts (and token counts, both printe
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 import tempfile
@@ -54,10 +55,12 @@ def main() -> None:
     embedder = Embedder(EmbedderSettings())
     settings = DreamSettings(per_cycle=args.dreams, batch_size=args.dreams)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        world = sample_graph(Path(tmp) / "state", embedder)
-        collisions = world.graph.collisions(world.db, args.dreams, seed=args.seed, settings=GraphSettings())
-        world.db.close()
+    # The graph's database stays open while dreaming: non-join dreams ask their memories' logged questions.
+    tmp = tempfile.TemporaryDirectory()
+    world = sample_graph(Path(tmp.name) / "state", embedder)
+    atexit.register(tmp.cleanup)
+    atexit.register(world.db.close)  # runs first (last in, first out)
+    collisions = world.graph.collisions(world.db, args.dreams, seed=args.seed, settings=GraphSettings())
     if len(collisions) < args.dreams:
         raise SystemExit(f"only {len(collisions)} collisions in the sample graph; asked for {args.dreams}")
 
@@ -65,7 +68,7 @@ def main() -> None:
 
     def timed(batch_size: int):
         started, cpu = time.perf_counter(), time.process_time()
-        made = dream(loaded, collisions, settings, args.seed, batch_size=batch_size)
+        made = dream(world.db, loaded, collisions, settings, args.seed, batch_size=batch_size)
         return made, sum(d.generated_tokens for d in made), time.perf_counter() - started, time.process_time() - cpu
 
     batched, batched_tokens, batched_s, batched_cpu = timed(args.dreams)

@@ -34,12 +34,19 @@ def tiny_loaded() -> LoadedModel:
 
 class ScriptedGenerator:
     """Replaces trainers.generate.generate_chats: composition prompts get a scenario naming the
-    first words of each fragment, scenarios get an answer, judge prompts get `judge_answer`.
-    `fail_on` ("compose", "respond" or "judge") raises there; `timeout_on` ends those rows as timed out."""
+    first words of each fragment; the teacher's play-out (a chat opening with the notes as its
+    system message) gets an answer made of the first note's words, so it is grounded in the notes
+    (or `teacher_answer` when given, to script an answer that is not); judge prompts get
+    `judge_answer`; any other chat gets a generic answer. `fail_on` ("compose", "respond" or
+    "judge") raises there; `timeout_on` ends those rows as timed out. `conversations` keeps every
+    chat it was given, with its kind."""
 
-    def __init__(self, judge_answer: str = " 8", fail_on: str | None = None, timeout_on: str | None = None):
+    def __init__(self, judge_answer: str = " 8", fail_on: str | None = None, timeout_on: str | None = None,
+                 teacher_answer: str | None = None):
         self.judge_answer, self.fail_on, self.timeout_on = judge_answer, fail_on, timeout_on
+        self.teacher_answer = teacher_answer
         self.calls: list[tuple[str, int]] = []
+        self.conversations: list[tuple[str, list[dict]]] = []
 
     def __call__(self, loaded, conversations, max_new_tokens=64, batch_size=16, temperature=0.0,
                  stop_strings=(), max_seconds=None, prefill="", seed=None) -> list[Generation]:
@@ -49,6 +56,7 @@ class ScriptedGenerator:
             kind = ("compose" if text.startswith("Fragments of earlier conversations") else
                     "judge" if "Assistant's reply:" in text else "respond")
             self.calls.append((kind, len(conversations)))
+            self.conversations.append((kind, conversation))
             if kind == self.fail_on:
                 raise RuntimeError(f"scripted failure while {kind}")
             if kind == "compose":
@@ -56,11 +64,31 @@ class ScriptedGenerator:
                 reply = f"How would {' and '.join(words)} fit together in my week of {len(words)} plans?"
             elif kind == "judge":
                 reply = self.judge_answer
+            elif is_teacher_chat(conversation):
+                reply = self.teacher_answer if self.teacher_answer is not None else notes_answer(conversation)
             else:
                 reply = f"Here is a considered answer about {text[:40]!r}, with two concrete steps to try."
             finish = "timeout" if kind == self.timeout_on else "stop"
             out.append(Generation(reply, len(reply) // 4, finish))
         return out
+
+
+def is_teacher_chat(conversation: list[dict]) -> bool:
+    """Whether a chat is the teacher's play-out: the dream's notes as its opening system message."""
+    from dreamd.daemon.dreaming.dreams import NOTES_HEADER
+
+    first = conversation[0]
+    return first["role"] == "system" and first["content"].startswith(NOTES_HEADER)
+
+
+def notes_answer(conversation: list[dict], words: int = 12) -> str:
+    """An answer from the notes: the first words of the first note (after the header), which
+    grounding finds in the memories by construction."""
+    from dreamd.daemon.dreaming.dreams import NOTES_HEADER
+
+    notes = conversation[0]["content"][len(NOTES_HEADER):].strip()
+    first = notes.split("\n\n")[0]
+    return " ".join(first.split()[:words])
 
 
 def install_scripted(monkeypatch, **kwargs) -> ScriptedGenerator:

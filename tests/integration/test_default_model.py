@@ -63,6 +63,13 @@ def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
     assert summary["messages"] == 43 and summary["memories"] == 20
     assert summary["collisions"] and all(2 <= len(c["node_ids"]) <= 4 for c in summary["collisions"])
     assert summary["answer_without_memory"] and summary["answer_with_memory"]
+    # Did it learn? The question from the weights alone of `current`, before and after the cycle.
+    assert summary["answer_before_checkpoint"] == "base" and summary["answer_before"]
+    assert summary["answer_after_checkpoint"] == (summary["cycle"]["current"] or "base") and summary["answer_after"]
+    assert summary["learned"] is ("lighthouse" in summary["answer_after"].lower())
+    assert f"Before the cycle (weights alone, base): {summary['answer_before']}" in result.stderr
+    assert (f"After the cycle (weights alone, {summary['answer_after_checkpoint']}): {summary['answer_after']}"
+            in result.stderr)
     assert summary["cycle"]["status"] == "ok" and summary["status"]["source"] == "daemon"
     assert "dreamctl status:" in result.stderr and "last gate decision" in result.stderr
     check_cycle(summary["cycle"], StateLayout(tmp_path / "state"))

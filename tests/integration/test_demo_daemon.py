@@ -11,8 +11,10 @@ import subprocess
 
 import pytest
 
+from dreamd.daemon.cli.demo import QUESTION
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.daemon.service.status import collect_status
+from dreamd.trainers.checkpoints.pointers import BASE
 from tests.helpers.daemon_harness import BIN, Daemon, alive, real_stages_config, save_tiny_model
 
 
@@ -55,7 +57,8 @@ def test_the_demo_uses_a_running_daemon_and_leaves_it_running(tmp_path, tiny_mod
     try:
         d.start()
         d.wait_for("READY=1", timeout=60)
-        summary = d.ctl_json("demo")
+        done = d.ctl("demo", "--json")
+        summary = json.loads(done.stdout)
         assert summary["daemon"] == {"pid": d.proc.pid, "started_by_demo": False}
         assert (summary["files"], summary["ingested"], summary["duplicates"], summary["messages"]) == (6, 6, 0, 43)
         assert summary["memories"] == 20 and summary["collisions"]
@@ -63,11 +66,30 @@ def test_the_demo_uses_a_running_daemon_and_leaves_it_running(tmp_path, tiny_mod
         assert cycle["status"] == "ok" and cycle["steps"]["dreams"]["dreams"] == 2
         assert summary["status"]["last_cycle"]["status"] == "ok"
         assert d.proc.poll() is None and d.status()["source"] == "daemon"
+        # Did it learn? The question from the weights alone, before (the base) and after the cycle.
+        promoted = cycle["current"] or BASE
+        check_learning(summary, done.stderr, BASE, promoted)
 
-        again = d.ctl_json("demo", "--dreams", "0")  # a second run: every log is known already
-        assert (again["ingested"], again["duplicates"], again["cycle"]) == (0, 6, None)
+        again = d.ctl("demo", "--dreams", "0", "--json")  # a second run: every log is known already
+        second = json.loads(again.stdout)
+        assert (second["ingested"], second["duplicates"], second["cycle"]) == (0, 6, None)
+        check_learning(second, again.stderr, promoted, promoted)
+        assert second["answer_after"] == second["answer_before"]  # no cycle: the same weights, greedy
+        assert second["learned"] or "did not learn it in this demo: no dream cycle ran" in again.stderr
         assert d.proc.poll() is None
         assert d.stop() == 0
     finally:
         d.close()
     assert json.loads((d.state / "service.json").read_text())["phase"] == "stopped"
+
+
+def check_learning(summary, printed, before, after):
+    """The demo's answer on whether the loop learned: in its JSON and in the lines it printed."""
+    assert summary["question"] == QUESTION
+    assert isinstance(summary["answer_before"], str) and isinstance(summary["answer_after"], str)
+    assert (summary["answer_before_checkpoint"], summary["answer_after_checkpoint"]) == (before, after)
+    assert summary["learned"] is ("lighthouse" in summary["answer_after"].lower())
+    assert f"Before the cycle (weights alone, {before}): {summary['answer_before']}" in printed
+    assert f"After the cycle (weights alone, {after}): {summary['answer_after']}" in printed
+    verdict = "The model learned it from its logs" if summary["learned"] else "did not learn it in this demo"
+    assert verdict in printed

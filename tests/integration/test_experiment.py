@@ -10,7 +10,10 @@ from click.testing import CliRunner
 
 from dreamd.daemon.cli.dreamctl import main
 
-pytestmark = pytest.mark.real_model
+# About half an hour on 2 cores (five arms, the 230-item probe bank at every checkpoint): out of
+# the default run; `pytest -m slow` runs it. tests/integration/test_learning.py covers the loop's
+# learning on the real model in the default run.
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -57,6 +60,11 @@ def test_quick_memory_formation_experiment(default_model_dir, tmp_path):
     assert all(math.isfinite(x) for x in numbers(arms))
     cycles = results["settings"]["cycles_per_phase"]
     assert all(len(points) == 1 + 2 * cycles for points in arms.values())
+    assert set(arms) == {"dream_loop", "plain_finetune", "no_training", "replay_only", "full_backprop"}
+    for key in ("zypher_recall_acquired", "zypher_recall_after_interference", "zyphrex_recall",
+                "probe_accuracy_drop", "probe_loss_rise", "plain_zypher_after_interference",
+                "plain_probe_accuracy_drop"):
+        assert math.isfinite(reply[key]), key
     base = arms["no_training"][0]["measurement"]
     assert all(p["measurement"] == base for p in arms["no_training"])  # (c): the same model throughout
     assert arms["dream_loop"][0]["measurement"] == base == arms["plain_finetune"][0]["measurement"]

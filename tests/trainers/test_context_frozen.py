@@ -1,5 +1,6 @@
 """The context-frozen step on a tiny Llama: same loss as completion-only, gradient only through the
-response, a fresh cache per example, and batches that score like single examples."""
+response, a fresh cache per example, batches that score like single examples, and soft targets
+(a teacher's top-k distribution) learned by KL."""
 
 import os
 
@@ -8,7 +9,9 @@ import torch
 
 from dreamd.trainers import context_frozen
 from dreamd.trainers.context_frozen import completion_only_batch_loss, completion_only_loss, frozen_losses, loss_step
-from dreamd.trainers.examples import EncodedExample, encode_examples
+from dreamd.trainers.examples import EncodedExample, SoftTargets, TrainingExample, encode_example, encode_examples
+from dreamd.trainers.gate.metrics import answer_logprobs, top_k
+from dreamd.trainers.model_store import LoadedModel
 from tests.helpers.tiny import tiny_llama, tiny_tokenizer
 from tests.helpers.train import chats
 
@@ -193,3 +196,67 @@ def test_grouped_kv_attention_is_scoped_to_the_step_and_leaves_a_users_setting(m
     monkeypatch.setenv(context_frozen.GQA_FLAG, "0")
     frozen_losses(model, examples[:2], tokenizer.pad_token_id)
     assert seen[-1] == "0" and os.environ[context_frozen.GQA_FLAG] == "0"
+
+
+def with_soft(tokenizer, example: TrainingExample, ids, logprobs) -> EncodedExample:
+    soft = TrainingExample(example.id, example.messages, SoftTargets(ids, logprobs))
+    return encode_example(tokenizer, soft, max_context_tokens=512)
+
+
+def own_top_k(model, tokenizer, example: TrainingExample, k: int = 8):
+    """The model's own top-k distribution at each response token of `example`."""
+    [tops] = top_k(answer_logprobs(LoadedModel(model, tokenizer, None), [example]), k)
+    return tops.ids.tolist(), tops.logprobs.tolist()
+
+
+def test_soft_targets_are_learned_by_kl_zero_where_the_model_already_matches():
+    tokenizer, model = tiny_tokenizer(), tiny_llama().train()
+    example = chats(3)[1]
+    ids, logprobs = own_top_k(model, tokenizer, example)
+    own = with_soft(tokenizer, example, ids, logprobs)
+    assert own.soft is not None and len(own.soft.ids) == len(own.response_ids)
+    loss = frozen_losses(model, [own], tokenizer.pad_token_id)[0]
+    assert 0 <= loss.item() < 1e-3
+    assert completion_only_loss(model, own).item() < 1e-3  # the baseline honours soft targets too
+    plain = encode_examples(tokenizer, [example], max_context_tokens=512)[0]
+    assert frozen_losses(model, [plain], tokenizer.pad_token_id)[0].item() > 1.0  # CE on the tokens is not 0
+    # Another teacher: all its mass on a token the model does not favour; its loss is clearly positive.
+    other_ids = [[(row[-1] + 1) % len(tokenizer)] for row in ids]
+    other = with_soft(tokenizer, example, other_ids, [[0.0] for _ in ids])
+    assert frozen_losses(model, [other], tokenizer.pad_token_id)[0].item() > 1.0
+    shuffled = with_soft(tokenizer, example, [row[::-1] for row in ids], logprobs)  # same values, other tokens
+    assert frozen_losses(model, [shuffled], tokenizer.pad_token_id)[0].item() > 0.01
+    # A teacher the model matches gives (almost) no gradient; its tokens' CE would.
+    model.zero_grad()
+    loss_step(model, [own], tokenizer.pad_token_id).backward()
+    matched = sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None)
+    model.zero_grad()
+    loss_step(model, [plain], tokenizer.pad_token_id).backward()
+    cross_entropy = sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None)
+    assert matched < 1e-3 * cross_entropy
+
+
+def test_a_batch_mixing_soft_and_plain_rows_keeps_the_plain_rows_cross_entropy():
+    tokenizer, model = tiny_tokenizer(), tiny_llama().train()
+    examples = chats(4)
+    soft_source = examples[2]
+    ids, logprobs = own_top_k(model, tokenizer, soft_source)
+    other_ids = [[(row[-1] + 1) % len(tokenizer)] for row in ids]
+    soft = with_soft(tokenizer, soft_source, other_ids, [[0.0] for _ in ids])
+    plain = encode_examples(tokenizer, [examples[0], examples[3]], max_context_tokens=512)
+    mixed = frozen_losses(model, [plain[0], soft, plain[1]], tokenizer.pad_token_id)
+    alone = torch.stack([frozen_losses(model, [e], tokenizer.pad_token_id)[0] for e in (plain[0], soft, plain[1])])
+    assert torch.allclose(mixed, alone, atol=1e-5), (mixed, alone)
+    for row, example in ((0, plain[0]), (2, plain[1])):  # the plain rows: their CE, unchanged
+        assert torch.allclose(mixed[row], completion_only_loss(model, example), atol=1e-4)
+    assert torch.allclose(mixed[1], completion_only_loss(model, soft), atol=1e-4)
+    cross_entropy = frozen_losses(model, encode_examples(tokenizer, [soft_source], 512), tokenizer.pad_token_id)[0]
+    assert not torch.isclose(mixed[1], cross_entropy, atol=1e-3)  # the soft row is scored by KL, not CE
+
+
+def test_soft_targets_must_cover_every_response_token():
+    tokenizer = tiny_tokenizer()
+    example = chats(1)[0]
+    response = encode_examples(tokenizer, [example], max_context_tokens=512)[0].response_ids
+    with pytest.raises(ValueError, match="soft targets for"):
+        with_soft(tokenizer, example, [[1]] * (len(response) - 1), [[0.0]] * (len(response) - 1))

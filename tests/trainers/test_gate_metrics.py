@@ -6,8 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from dreamd.trainers.gate.metrics import EvalSuite, ask, base_reference, evaluate, load_probes, response_losses
+from dreamd.trainers.examples import encode_example
+from dreamd.trainers.gate import metrics as gate_metrics
+from dreamd.trainers.gate.metrics import (
+    MAX_CONTEXT_TOKENS,
+    EvalSuite,
+    answer_logprobs,
+    ask,
+    base_reference,
+    evaluate,
+    load_probes,
+    mean_kl,
+    recall,
+    response_losses,
+    top_k,
+)
 from dreamd.trainers.model_store import LoadedModel
+from dreamd.trainers.words import recalled
 from tests.helpers.tiny import tiny_llama, tiny_tokenizer
 
 
@@ -23,17 +38,33 @@ def tiny():
     return LoadedModel(model=tiny_llama(), tokenizer=tokenizer, directory=None)
 
 
+ANCHORS = [ask("Why is the sky blue?", "Sunlight scatters off the air.", "anchor:a"),
+           ask("Name a fruit.", "An apple.", "anchor:b")]
+
+
 @pytest.fixture
 def suite():
     exchanges = [ask(f"question {i}?", f"answer number {i}.") for i in range(6)]
+    # A few probes of the shipped bank: the whole bank (200+) is minutes of generation on a CPU.
     return EvalSuite(heldout_slices={"old": exchanges[:3], "new": exchanges[3:]}, acquisition=exchanges[:2],
+                     retention=exchanges[2:4], anchors=list(ANCHORS), probes=load_probes()[:6],
                      fingerprint_prompts=["hello", "tell me a story"], max_new_tokens=6)
+
+
+def moved_copy(tiny, scale: float) -> LoadedModel:
+    moved = LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, None)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in moved.model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return moved
 
 
 def test_probes_ship_with_the_package():
     probes = load_probes()
-    assert len(probes) >= 16 and {"factual", "arithmetic", "instruction", "refusal"} <= {p.kind for p in probes}
+    assert len(probes) >= 200 and {"factual", "arithmetic", "instruction", "refusal"} <= {p.kind for p in probes}
     assert all(p.accept for p in probes)
+    assert len({p.id for p in probes}) == len(probes)
 
 
 def test_batched_losses_equal_one_by_one(tiny):
@@ -43,11 +74,53 @@ def test_batched_losses_equal_one_by_one(tiny):
     assert batched == pytest.approx(single, abs=1e-5)
 
 
+def test_answer_logprobs_cover_the_answer_tokens_only(tiny):
+    logprobs = answer_logprobs(tiny, ANCHORS)
+    for exchange, rows in zip(ANCHORS, logprobs):
+        encoded = encode_example(tiny.tokenizer, exchange, MAX_CONTEXT_TOKENS)
+        assert rows.shape == (len(encoded.response_ids), len(tiny.tokenizer))
+        assert torch.allclose(rows.exp().sum(dim=1), torch.ones(rows.shape[0]), atol=1e-4)
+    # Their mean cross-entropy on the answer tokens is the response loss.
+    for exchange, rows, loss in zip(ANCHORS, logprobs, response_losses(tiny, ANCHORS)):
+        answer = encode_example(tiny.tokenizer, exchange, MAX_CONTEXT_TOKENS).response_ids
+        assert float(-rows[torch.arange(len(answer)), torch.tensor(answer)].mean()) == pytest.approx(loss, abs=1e-4)
+
+
+def test_mean_kl_on_the_top_k_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below(tiny):
+    base = answer_logprobs(tiny, ANCHORS)
+    moved = answer_logprobs(moved_copy(tiny, 0.1), ANCHORS)
+    exact = sum(float((b.exp() * (b - m)).sum()) for b, m in zip(base, moved)) / sum(b.shape[0] for b in base)
+    vocab = base[0].shape[-1]
+    assert exact > 0
+    assert mean_kl(top_k(base, vocab), moved) == pytest.approx(exact, rel=1e-3)
+    assert 0 <= mean_kl(top_k(base, 4), moved) <= exact + 1e-6
+    assert mean_kl(top_k(base, 4), base) == pytest.approx(0.0, abs=1e-5)
+    tops = top_k(base, 4)
+    assert all(t.ids.shape == t.logprobs.shape == (b.shape[0], 4) for t, b in zip(tops, base))
+    assert all(bool((t.logprobs[:, :-1] >= t.logprobs[:, 1:]).all()) for t in tops)  # best first
+
+
 def test_base_against_itself_has_zero_kl_and_identical_fingerprint(tiny, suite):
     base = base_reference(tiny, suite, fake_embed)
+    assert len(base.anchor_top_k) == len(ANCHORS)
     metrics, _ = evaluate(tiny, suite, fake_embed, base)
     assert metrics["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["fingerprint_to_base"] == pytest.approx(1.0, abs=1e-5)
+    for key in ("acquisition_loss", "retention_loss"):
+        assert metrics[key] > 0
+    for key in ("acquisition_recall", "retention_recall"):
+        assert 0 <= metrics[key] <= 1
+
+
+def test_stored_base_metrics_are_reused(tiny, suite, monkeypatch):
+    stored, fingerprint = {"probe_loss": 1.0}, np.ones((2, 3), dtype=np.float32)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the base was evaluated again")
+
+    monkeypatch.setattr(gate_metrics, "evaluate", no_evaluation)
+    base = base_reference(tiny, suite, fake_embed, metrics=stored, fingerprint=fingerprint)
+    assert base.metrics is stored and base.fingerprint is fingerprint and len(base.anchor_top_k) == len(ANCHORS)
 
 
 def test_metrics_are_reproducible(tiny, suite):
@@ -57,14 +130,39 @@ def test_metrics_are_reproducible(tiny, suite):
     assert first == second
 
 
-def test_kl_grows_with_a_larger_update(tiny, suite):
+def test_kl_grows_with_a_larger_update_and_is_measured_on_the_anchors_only(tiny, suite):
     base = base_reference(tiny, suite, fake_embed)
-    kls = []
-    for scale in (0.01, 0.1):
-        moved = LoadedModel(copy.deepcopy(tiny.model), tiny.tokenizer, None)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in moved.model.parameters():
-                p.add_(torch.randn(p.shape, generator=generator) * scale)
-        kls.append(evaluate(moved, suite, fake_embed, base)[0]["kl_to_base"])
+    kls = [evaluate(moved_copy(tiny, scale), suite, fake_embed, base)[0]["kl_to_base"] for scale in (0.01, 0.1)]
     assert 0 < kls[0] < kls[1]
+    without_anchors = EvalSuite(**{**suite.__dict__, "anchors": []})
+    assert evaluate(moved_copy(tiny, 0.1), without_anchors, fake_embed, base)[0]["kl_to_base"] == 0.0
+    # The probes (and their prompts) are not where KL is measured: other probes, the same KL.
+    other_probes = EvalSuite(**{**suite.__dict__, "probes": load_probes()[6:9]})
+    assert evaluate(moved_copy(tiny, 0.1), other_probes, fake_embed, base)[0]["kl_to_base"] == pytest.approx(kls[1])
+
+
+def test_recall_credits_replies_that_repeat_the_answer(tiny, monkeypatch):
+    assert recalled("It is at 9:30 on Tuesdays.", "The standup is at 9:30 on Tuesdays.", "When is the standup?")
+    assert not recalled("No idea, sorry.", "The standup is at 9:30 on Tuesdays.", "When is the standup?")
+    assert not recalled("anything", "The standup?", "When is the standup?")  # the answer adds nothing
+    items = [ask("When is the standup?", "The standup is at 9:30 on Tuesdays."),
+             ask("Where is the key?", "Under the blue flowerpot by the door.")]
+    assert recall(["At 9:30, Tuesdays.", "I do not know."], items) == 0.5
+    assert recall([], []) is None
+
+
+def test_evaluate_asks_every_question_alone_in_one_generation_call(tiny, monkeypatch):
+    suite = EvalSuite(heldout_slices={}, acquisition=[ask("When is the standup?", "At 9:30 on Tuesdays.")],
+                      retention=[ask("Where is the key?", "Under the blue flowerpot.")], probes=load_probes()[:3])
+    calls = []
+
+    def replies(loaded, conversations, *args, **kwargs):  # chat_replies' shape
+        calls.append(conversations)
+        return ["At 9:30 on Tuesdays." if "standup" in c[-1]["content"] else "No idea." for c in conversations]
+
+    monkeypatch.setattr(gate_metrics, "chat_replies", replies)
+    metrics, _ = evaluate(tiny, suite, lambda texts: np.ones((len(texts), 4)) / 2, None)
+    assert len(calls) == 1  # probes, fingerprint prompts, learning and retention questions together
+    asked = calls[0]
+    assert asked[-2:] == [ex.messages[:-1] for ex in suite.acquisition + suite.retention]  # the question alone
+    assert metrics["acquisition_recall"] == 1.0 and metrics["retention_recall"] == 0.0

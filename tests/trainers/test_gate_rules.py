@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dreamd.trainers.gate.rules import cumulative_forgetting, decide, forgetting_per_slice
+from dreamd.trainers.gate.rules import FAMILIES, cumulative_forgetting, decide, forgetting_per_slice
 from dreamd.trainers.settings import GateSettings
 
 
@@ -16,33 +16,84 @@ def metrics(**overrides):
         "fingerprint_to_base": 0.95,
         "fingerprint_to_previous": 0.97,
         "acquisition_loss": 3.0,
+        "acquisition_recall": 0.5,
+        "retention_loss": 2.5,
+        "retention_recall": 0.75,
     }
     return {**base, **overrides}
 
 
 def test_a_benign_candidate_is_promoted():
-    decision = decide(metrics(heldout_loss=1.99), metrics(), metrics(), GateSettings())
-    assert decision.promote and decision.reasons == []
+    decision = decide(metrics(heldout_loss=1.99, acquisition_loss=2.5), metrics(), metrics(), GateSettings())
+    assert decision.promote and decision.reasons == [] and decision.failed == []
+    assert decision.summary() == "promoted"
+    assert {c.family for c in decision.checks} == set(FAMILIES)
 
 
 @pytest.mark.parametrize(
-    "overrides, failing",
+    "overrides, family, failing",
     [
-        ({"heldout_loss": 2.05}, "heldout_loss_rise"),  # +2.5% > 2%
-        ({"probe_loss": 1.03}, "probe_loss_rise"),
-        ({"probe_accuracy": 0.55}, "probe_accuracy_drop"),
-        ({"kl_to_base": 0.5}, "kl_to_base"),
-        ({"fingerprint_to_base": 0.5}, "fingerprint_to_base"),
-        ({"slice_losses": {"2026-01": 2.2, "2026-02": 2.4}}, "cumulative_forgetting"),
-        ({"probe_loss": math.nan}, "probe_loss"),
-        ({"acquisition_loss": math.inf}, "acquisition_loss"),
+        ({"probe_loss": 1.04}, "damage", "probe_loss_rise"),  # +4% > 3%
+        ({"probe_accuracy": 0.55}, "damage", "probe_accuracy_drop"),  # 5 points > 2
+        ({"kl_to_base": 0.5}, "damage", "kl_to_base"),
+        ({"probe_loss": math.nan}, "damage", "probe_loss"),
+        ({"acquisition_loss": 3.1}, "learning", "learning_loss_rise"),  # any rise
+        ({"acquisition_recall": 0.375}, "learning", "learning_recall_drop"),
+        ({"acquisition_loss": math.inf}, "learning", "learning_loss_rise"),
+        ({"retention_loss": 2.7}, "retention", "retention_loss_rise"),  # +8% > 5%
+        ({"retention_recall": 0.5}, "retention", "retention_recall_drop"),  # 0.25 > 0.125
+        ({"heldout_loss": 2.15}, "retention", "heldout_loss_rise"),  # +7.5% > 5%
+        ({"slice_losses": {"2026-01": 2.2, "2026-02": 2.4}}, "retention", "cumulative_forgetting"),
     ],
 )
-def test_each_regression_rejects_and_says_why(overrides, failing):
+def test_each_regression_rejects_and_says_why(overrides, family, failing):
     decision = decide(metrics(**overrides), metrics(), metrics(), GateSettings())
     assert not decision.promote
-    assert any(reason.startswith(failing) for reason in decision.reasons), decision.reasons
-    assert "rejected" in decision.summary()
+    assert family in decision.failed
+    assert any(reason.startswith(f"{family}: {failing} ") for reason in decision.reasons), decision.reasons
+    assert decision.summary().startswith("rejected (")
+
+
+def test_failing_only_a_learning_check_names_only_learning():
+    decision = decide(metrics(acquisition_loss=3.3), metrics(), metrics(), GateSettings())
+    assert not decision.promote and decision.failed == ["learning"]
+    assert decision.reasons == ["learning: learning_loss_rise 0.1 (<= 0): FAILED"]
+    assert decision.summary() == "rejected (learning): learning: learning_loss_rise 0.1 (<= 0): FAILED"
+    recall = decide(metrics(acquisition_recall=0.25), metrics(), metrics(), GateSettings())
+    assert recall.failed == ["learning"] and all(r.startswith("learning:") for r in recall.reasons)
+
+
+def test_damage_is_measured_against_the_base_and_learning_against_current():
+    settings = GateSettings()
+    base, current = metrics(), metrics(probe_accuracy=0.57, acquisition_loss=2.5)
+    # As good as current on the probes, but 3 points below the base: damage.
+    damaged = decide(metrics(probe_accuracy=0.57, acquisition_loss=2.5), current, base, settings)
+    assert damaged.failed == ["damage"] and damaged.reasons[0].startswith("damage: probe_accuracy_drop 0.03")
+    # Better than the base on the new memories, worse than current: it unlearned.
+    unlearned = decide(metrics(probe_accuracy=0.6, acquisition_loss=2.8), current, base, settings)
+    assert unlearned.failed == ["learning"]
+    # Without current (re-checking current itself) only the checks against the base are made.
+    alone = decide(metrics(acquisition_loss=9.0, retention_recall=0.0), None, base, settings)
+    assert alone.promote and not any(c.family == "learning" for c in alone.checks)
+
+
+def test_a_missing_metric_skips_its_checks_and_fingerprint_is_off_by_default():
+    nothing = metrics(acquisition_loss=None, acquisition_recall=None, retention_loss=None, retention_recall=None,
+                      heldout_loss=None)
+    decision = decide(nothing, metrics(), metrics(), GateSettings())
+    assert decision.promote and {c.metric for c in decision.checks} == {
+        "probe_accuracy_drop", "probe_loss_rise", "kl_to_base", "cumulative_forgetting"}
+    far = metrics(fingerprint_to_base=0.5)
+    assert decide(far, metrics(), metrics(), GateSettings()).promote
+    gated = decide(far, metrics(), metrics(), GateSettings(min_fingerprint_similarity=0.75))
+    assert gated.failed == ["damage"] and gated.reasons[0].startswith("damage: fingerprint_to_base 0.5 (>= 0.75)")
+
+
+def test_several_families_are_named_in_order():
+    decision = decide(metrics(retention_recall=0.0, kl_to_base=1.0, acquisition_loss=4.0), metrics(), metrics(),
+                      GateSettings())
+    assert decision.failed == ["damage", "learning", "retention"]
+    assert [r.split(":")[0] for r in decision.reasons] == ["damage", "learning", "retention"]
 
 
 def test_slow_erosion_is_caught_against_the_base():
@@ -58,7 +109,8 @@ def test_slow_erosion_is_caught_against_the_base():
         )
         decision = decide(candidate, current, base, settings)
         if not decision.promote:
-            assert any(r.startswith("cumulative_forgetting") for r in decision.reasons)
+            assert decision.failed == ["retention"]
+            assert any(r.startswith("retention: cumulative_forgetting") for r in decision.reasons)
             break
         promoted += 1
         current = candidate
@@ -74,3 +126,14 @@ def test_forgetting_and_backward_transfer_per_slice():
     assert result["b"]["forgetting"] == pytest.approx(-0.1) and result["b"]["backward_transfer"] == pytest.approx(0.3)
     assert result["c"] == {"forgetting": 0.0, "backward_transfer": 0.0}
     assert cumulative_forgetting({"a": 2.2}, {"a": 2.0}) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"max_learning_loss_increase": -0.1}, "max_learning_loss_increase"),
+    ({"max_retention_recall_drop": 1.5}, "max_retention_recall_drop"),
+    ({"max_kl_to_base": 0.0}, "max_kl_to_base"),
+])
+def test_gate_settings_reject_bad_values_naming_the_key(values, key):
+    with pytest.raises(ValueError) as caught:
+        GateSettings(**values)
+    assert str(caught.value).startswith(key + ": must be")

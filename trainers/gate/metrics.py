@@ -1,14 +1,20 @@
 """The evaluation suite every candidate checkpoint goes through before the gate.
 
-Metrics (lower loss is better; all are means):
-- heldout_loss: response loss on real exchanges set aside at ingest and never trained on;
-- slice_losses: the same per time slice of those exchanges (oldest first), for forgetting;
-- probe_loss / probe_accuracy: the shipped capability probes (trainers/probes.jsonl), scored by the
-  loss of the reference answer and by whether the greedy answer contains an accepted string;
-- kl_to_base: KL(base || candidate) of next-token distributions over the probe sequences;
+Metrics (lower loss is better; all are means), in the gate's three families:
+
+damage — only on what the memories do not touch:
+- probe_loss / probe_accuracy: the general probe bank (trainers/probes.jsonl, 200+ items of
+  several kinds), the loss of each reference answer and whether the greedy answer holds an
+  accepted string;
+- kl_to_base: KL(base || candidate) of the next-token distributions on the *answer* tokens of the
+  anchor bank (trainers/anchors.py) — not on prompts or system text, where any change would count;
+  the base's side is kept as its top-k tokens and the rest of its mass (a close approximation);
 - fingerprint_to_base / fingerprint_to_previous: cosine similarity of embeddings of the greedy
-  answers to fixed open prompts (a behavioural fingerprint);
-- acquisition: response loss of recently taught facts asked in other words.
+  answers to fixed open prompts (reported; gated only if configured);
+learning — the newest memories asked in other words: learning_loss (answer loss) and
+learning_recall (greedy replies holding at least half of what the answer adds to the question);
+retention — older memories asked the same way (retention_loss, retention_recall), and the
+held-out exchanges never trained on (heldout_loss, and slice_losses per time slice).
 
 `BaseReference` holds what is computed once from the frozen base model; `evaluate` runs the suite
 on a candidate against it. Everything is greedy or a plain forward pass, so the same checkpoint
@@ -25,12 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamd.trainers.context_frozen import causal_lm
 from dreamd.trainers.examples import EncodedExample, TrainingExample, encode_example
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
+from dreamd.trainers.words import recalled
 
 # Evaluation exchanges are short; the cap only guards against a pathological one.
 MAX_CONTEXT_TOKENS = 2048
+TOP_K = 32  # tokens of the base's distribution kept per anchor answer position
+EVAL_BATCH = 64  # rows per greedy generation batch: on CPU the per-step overhead dominates, so wider is faster
 
 FINGERPRINT_PROMPTS = [
     "Describe your favourite season in two sentences.",
@@ -64,14 +74,16 @@ def load_probes() -> list[Probe]:
 
 
 @torch.inference_mode()
-def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 8) -> list[float]:
+def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 32) -> list[float]:
     """Mean cross-entropy per response token, one number per exchange (one plain forward pass:
     evaluation needs no context-frozen trick, and the same tokens as training)."""
     model, tokenizer = loaded.model, loaded.tokenizer
-    losses: list[float] = []
-    for start in range(0, len(exchanges), batch_size):
-        encoded = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS))
-                   for ex in exchanges[start : start + batch_size]]
+    every = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges]
+    order = sorted(range(len(every)), key=lambda i: len(every[i][0]))  # similar lengths together: less padding
+    losses: list[float] = [0.0] * len(every)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        encoded = [every[i] for i in rows]
         width = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
@@ -80,23 +92,46 @@ def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
             labels[row, boundary : len(ids)] = torch.tensor(ids[boundary:])
-        logits = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
         shifted = labels[:, 1:].to(model.device)
-        token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), shifted, reduction="none", ignore_index=-100)
-        counted = (shifted != -100).sum(dim=1).clamp(min=1)
-        losses += (token_loss.sum(dim=1) / counted).tolist()
+        scored = shifted != -100
+        logits = _head_at(model, input_ids.to(model.device), mask.to(model.device), scored)  # (scored tokens, vocab)
+        token_loss = F.cross_entropy(logits, shifted[scored], reduction="none")
+        per_row = torch.zeros(len(rows), device=logits.device).index_add_(0, scored.nonzero()[:, 0], token_loss)
+        counted = scored.sum(dim=1).clamp(min=1)
+        for i, loss in zip(rows, (per_row / counted).tolist(), strict=True):
+            losses[i] = loss
     return losses
 
 
+def _head_at(model, input_ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """The float logits at the positions that predict a `scored` token only: (scored[:, :-1] shape
+    selects from every position but the last). The output head over the whole vocabulary is most
+    of a short exchange's forward pass, and only the answer's positions are ever scored."""
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1]
+    return lm.get_output_embeddings()(hidden[scored]).float()
+
+
 @torch.inference_mode()
-def next_token_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample]) -> list[torch.Tensor]:
-    """Per exchange, the (positions, vocab) log-probabilities of every next token."""
+def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16) -> list[torch.Tensor]:
+    """Per exchange, the (answer positions, vocab) log-probabilities of each answer token's
+    prediction: the positions where the model answers, not where it reads."""
     model, tokenizer = loaded.model, loaded.tokenizer
+    every = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges]
     result = []
-    for exchange in exchanges:
-        ids, _ = _whole(encode_example(tokenizer, exchange, MAX_CONTEXT_TOKENS))
-        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
-        result.append(F.log_softmax(logits, dim=-1).cpu())
+    for start in range(0, len(every), batch_size):
+        chunk = every[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
+        for row, (ids, boundary) in enumerate(chunk):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+            scored[row, boundary - 1 : len(ids) - 1] = True
+        logits = _head_at(model, input_ids.to(model.device), mask.to(model.device), scored.to(model.device))
+        logprobs = F.log_softmax(logits, dim=-1).cpu()  # rows in order, each row's positions in order
+        result += list(logprobs.split(scored.sum(dim=1).tolist()))
     return result
 
 
@@ -105,12 +140,30 @@ def _whole(encoded: EncodedExample) -> tuple[list[int], int]:
     return encoded.context_ids + encoded.response_ids, len(encoded.context_ids)
 
 
-def mean_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
-    """Mean over positions of KL(reference || candidate)."""
+@dataclass(frozen=True)
+class TopK:
+    """The base's distribution at each answer position: its top-k tokens and their log-probabilities."""
+
+    ids: torch.Tensor  # (positions, k)
+    logprobs: torch.Tensor  # (positions, k)
+
+
+def top_k(logprobs: list[torch.Tensor], k: int = TOP_K) -> list[TopK]:
+    return [TopK(*reversed(lp.topk(min(k, lp.shape[-1]), dim=-1))) for lp in logprobs]
+
+
+def mean_kl(reference: list[TopK], candidate: list[torch.Tensor]) -> float:
+    """Mean over positions of KL(reference || candidate), the reference's top-k tokens exact and
+    the rest of its mass as one bucket (KL of the coarsened distributions, a lower bound that is
+    tight when the top-k hold nearly all the mass, as they do for a model's own greedy answers)."""
     total, count = 0.0, 0
     for ref, cand in zip(reference, candidate, strict=True):
-        total += float((ref.exp() * (ref - cand)).sum())
-        count += ref.shape[0]
+        p_ref, lp_cand = ref.logprobs.exp(), cand.gather(1, ref.ids)
+        rest_ref = (1 - p_ref.sum(dim=1)).clamp(min=1e-12)
+        rest_cand = (1 - lp_cand.exp().sum(dim=1)).clamp(min=1e-12)
+        kl = (p_ref * (ref.logprobs - lp_cand)).sum(dim=1) + rest_ref * (rest_ref.log() - rest_cand.log())
+        total += float(kl.clamp(min=0).sum())
+        count += ref.ids.shape[0]
     return total / max(count, 1)
 
 
@@ -119,12 +172,25 @@ def greedy_accuracy(replies: list[str], probes: list[Probe]) -> float:
     return sum(hits) / max(len(hits), 1)
 
 
+def recall(replies: list[str], items: list[TrainingExample]) -> float | None:
+    """Share of (question, answer) items whose greedy reply holds at least half of what the answer
+    adds to the question (trainers/words.py); None without items."""
+    if not items:
+        return None
+    hits = [recalled(reply, ex.messages[-1]["content"], ex.messages[-2]["content"])
+            for reply, ex in zip(replies, items, strict=True)]
+    return sum(hits) / len(hits)
+
+
 @dataclass
 class EvalSuite:
-    """What to evaluate on. The exchanges come from the memory graph's held-out set."""
+    """What to evaluate on: the held-out exchanges and the reworded questions come from the
+    memory graph (daemon/gate/suite.py); probes, anchors and fingerprint prompts are shipped."""
 
     heldout_slices: dict[str, list[TrainingExample]]
-    acquisition: list[TrainingExample] = field(default_factory=list)
+    acquisition: list[TrainingExample] = field(default_factory=list)  # learning: the newest memories
+    retention: list[TrainingExample] = field(default_factory=list)  # older memories
+    anchors: list[TrainingExample] = field(default_factory=list)  # anchor prompts and the base's answers
     probes: list[Probe] = field(default_factory=load_probes)
     fingerprint_prompts: list[str] = field(default_factory=lambda: list(FINGERPRINT_PROMPTS))
     max_new_tokens: int = 32
@@ -137,39 +203,62 @@ class EvalSuite:
 class BaseReference:
     """What the base model says, computed once: KL and fingerprints are measured against it."""
 
-    logprobs: list[torch.Tensor]
+    anchor_top_k: list[TopK]
     fingerprint: np.ndarray
     metrics: dict
 
 
 def evaluate(loaded: LoadedModel, suite: EvalSuite, embed, base: BaseReference | None,
              previous_fingerprint: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
-    """Run the suite on a model. `embed(texts) -> unit vectors`. Returns (metrics, fingerprint)."""
-    slice_losses = {name: _mean(response_losses(loaded, exs)) for name, exs in suite.heldout_slices.items() if exs}
-    all_heldout = [ex for exs in suite.heldout_slices.values() for ex in exs]
+    """Run the suite on a model. `embed(texts) -> unit vectors`. Returns (metrics, fingerprint).
+    Every greedy answer is generated in one batched call and every loss in another: on CPU the
+    per-step overhead of generation dominates, so fewer, wider batches are what makes it fast."""
     probe_exchanges = suite.probe_exchanges()
-    replies = chat_replies(loaded, [ex.messages[:-1] for ex in probe_exchanges], suite.max_new_tokens)
-    answers = chat_replies(loaded, [[{"role": "user", "content": p}] for p in suite.fingerprint_prompts],
-                           suite.max_new_tokens)
-    fingerprint = embed(answers)
-    logprobs = next_token_logprobs(loaded, probe_exchanges)
+    slices = {name: exs for name, exs in suite.heldout_slices.items() if exs}
+    scored = {"probes": probe_exchanges, "acquisition": suite.acquisition, "retention": suite.retention,
+              **{f"slice:{name}": exs for name, exs in slices.items()}}
+    losses = _split(response_losses(loaded, [ex for exs in scored.values() for ex in exs]), scored)
+    asked = {"probes": [ex.messages[:-1] for ex in probe_exchanges],
+             "fingerprint": [[{"role": "user", "content": p}] for p in suite.fingerprint_prompts],
+             "acquisition": [ex.messages[:-1] for ex in suite.acquisition],
+             "retention": [ex.messages[:-1] for ex in suite.retention]}
+    replies = _split(chat_replies(loaded, [chat for chats in asked.values() for chat in chats], suite.max_new_tokens,
+                                  EVAL_BATCH), asked)
+    fingerprint = embed(replies["fingerprint"])
+    heldout = [loss for name in slices for loss in losses[f"slice:{name}"]]
     metrics = {
-        "heldout_loss": _mean(response_losses(loaded, all_heldout)) if all_heldout else None,
-        "slice_losses": slice_losses,
-        "probe_loss": _mean(response_losses(loaded, probe_exchanges)),
-        "probe_accuracy": greedy_accuracy(replies, suite.probes),
-        "kl_to_base": mean_kl(base.logprobs, logprobs) if base else 0.0,
+        "heldout_loss": _mean(heldout) if heldout else None,
+        "slice_losses": {name: _mean(losses[f"slice:{name}"]) for name in slices},
+        "probe_loss": _mean(losses["probes"]),
+        "probe_accuracy": greedy_accuracy(replies["probes"], suite.probes),
+        "kl_to_base": mean_kl(base.anchor_top_k, answer_logprobs(loaded, suite.anchors))
+        if base and suite.anchors else 0.0,
         "fingerprint_to_base": _similarity(fingerprint, base.fingerprint if base else fingerprint),
         "fingerprint_to_previous": _similarity(fingerprint, previous_fingerprint if previous_fingerprint is not None
                                                else fingerprint),
-        "acquisition_loss": _mean(response_losses(loaded, suite.acquisition)) if suite.acquisition else None,
+        "acquisition_loss": _mean(losses["acquisition"]) if suite.acquisition else None,
+        "acquisition_recall": recall(replies["acquisition"], suite.acquisition),
+        "retention_loss": _mean(losses["retention"]) if suite.retention else None,
+        "retention_recall": recall(replies["retention"], suite.retention),
     }
     return metrics, fingerprint
 
 
-def base_reference(loaded: LoadedModel, suite: EvalSuite, embed) -> BaseReference:
-    metrics, fingerprint = evaluate(loaded, suite, embed, base=None)
-    return BaseReference(next_token_logprobs(loaded, suite.probe_exchanges()), fingerprint, metrics)
+def _split(values: list, groups: dict[str, list]) -> dict[str, list]:
+    """A flat list of per-item results back into the groups it was made from, in order."""
+    out, start = {}, 0
+    for name, items in groups.items():
+        out[name] = values[start : start + len(items)]
+        start += len(items)
+    return out
+
+
+def base_reference(loaded: LoadedModel, suite: EvalSuite, embed, metrics: dict | None = None,
+                   fingerprint: np.ndarray | None = None) -> BaseReference:
+    """The base's reference; `metrics` and `fingerprint` when they are stored already."""
+    if metrics is None or fingerprint is None:
+        metrics, fingerprint = evaluate(loaded, suite, embed, base=None)
+    return BaseReference(top_k(answer_logprobs(loaded, suite.anchors)), fingerprint, metrics)
 
 
 def _similarity(a: np.ndarray, b: np.ndarray) -> float:

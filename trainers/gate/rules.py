@@ -1,10 +1,16 @@
 """The quality gate: given a candidate's evaluation, promote it or reject it, with reasons.
 
-Pure decisions over numbers (no model here), so every rule can be tested on fixed metrics. A
-candidate is promoted only if every regression check passes and every number is finite; a check
-compares against the current model, and the drift checks against the frozen base, so a slow erosion
-over many small promoted rounds is caught too (each round may pass against its parent while the
-sum does not pass against the base).
+Pure decisions over numbers (no model here), so every rule can be tested on fixed metrics. Every
+check belongs to one family, and a rejection names the families that failed:
+
+- damage: general probes (accuracy and reference loss) and KL on the anchor answers, against the
+  frozen *base* — lifetime budgets, so a slow erosion over many small promoted rounds is caught
+  (each round may pass against its parent while the sum does not pass against the base);
+- learning: the newest memories asked in other words must not get worse against `current`;
+- retention: older memories asked in other words, and the held-out exchanges, must not get worse
+  against `current` (beyond a tolerance), nor drift from the base.
+
+A candidate is promoted only if every check passes and every number is finite.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass, field
 
 from dreamd.trainers.settings import GateSettings
 
+FAMILIES = ("damage", "learning", "retention")
+
 
 @dataclass
 class Check:
@@ -22,10 +30,11 @@ class Check:
     limit: float
     passed: bool
     rule: str
+    family: str = "damage"
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return f"{self.metric} {self.value:.4g} ({self.rule} {self.limit:.4g}): {verdict}"
+        return f"{self.family}: {self.metric} {self.value:.4g} ({self.rule} {self.limit:.4g}): {verdict}"
 
 
 @dataclass
@@ -38,8 +47,13 @@ class Decision:
         """Why it was rejected (empty when promoted)."""
         return [check.describe() for check in self.checks if not check.passed]
 
+    @property
+    def failed(self) -> list[str]:
+        """The families that failed, in the order damage, learning, retention."""
+        return [f for f in FAMILIES if any(c.family == f and not c.passed for c in self.checks)]
+
     def summary(self) -> str:
-        return "promoted" if self.promote else "rejected: " + "; ".join(self.reasons)
+        return "promoted" if self.promote else f"rejected ({', '.join(self.failed)}): " + "; ".join(self.reasons)
 
 
 def relative_rise(new: float, old: float) -> float:
@@ -49,34 +63,60 @@ def relative_rise(new: float, old: float) -> float:
 def decide(candidate: dict, current: dict | None, base: dict, settings: GateSettings) -> Decision:
     """`candidate`, `current` and `base` are metric dicts as `evaluate` produces them.
 
-    With `current` None only the budgets against the base are checked (re-checking the current
-    model itself: many promoted rounds may each have moved it a little, which those budgets, not the
-    per-round tolerances, are for). A held-out loss of None (nothing held out yet) skips that check.
+    With `current` None only the checks against the base are made (re-checking the current model
+    itself: many promoted rounds may each have moved it a little, which those budgets, not the
+    per-round tolerances, are for). A metric that is None (nothing to measure yet: no memories, no
+    held-out exchanges) skips its checks.
     """
     checks: list[Check] = []
 
-    def check(metric: str, value: float, limit: float, rule: str) -> None:
+    def check(family: str, metric: str, value: float, limit: float, rule: str) -> None:
         finite = math.isfinite(value)
         passed = finite and (value <= limit if rule == "<=" else value >= limit)
-        checks.append(Check(metric, value, limit, passed, rule))
+        checks.append(Check(metric, value, limit, passed, rule, family))
+
+    def both(name: str, other: dict | None) -> bool:
+        return other is not None and candidate.get(name) is not None and other.get(name) is not None
 
     for name, number in _numbers(candidate):
         if not math.isfinite(number):
-            checks.append(Check(name, number, 0.0, False, "finite"))
+            checks.append(Check(name, number, 0.0, False, "finite", family_of(name)))
 
-    if current is not None:
-        if candidate["heldout_loss"] is not None and current["heldout_loss"] is not None:
-            check("heldout_loss_rise", relative_rise(candidate["heldout_loss"], current["heldout_loss"]),
-                  settings.max_heldout_loss_increase, "<=")
-        check("probe_loss_rise", relative_rise(candidate["probe_loss"], current["probe_loss"]),
-              settings.max_probe_loss_increase, "<=")
-        check("probe_accuracy_drop", current["probe_accuracy"] - candidate["probe_accuracy"],
-              settings.max_probe_accuracy_drop, "<=")
-    check("kl_to_base", candidate["kl_to_base"], settings.max_kl_to_base, "<=")
-    check("fingerprint_to_base", candidate["fingerprint_to_base"], settings.min_fingerprint_similarity, ">=")
-    check("cumulative_forgetting", cumulative_forgetting(candidate["slice_losses"], base["slice_losses"]),
+    check("damage", "probe_accuracy_drop", base["probe_accuracy"] - candidate["probe_accuracy"],
+          settings.max_probe_accuracy_drop, "<=")
+    check("damage", "probe_loss_rise", relative_rise(candidate["probe_loss"], base["probe_loss"]),
+          settings.max_probe_loss_increase, "<=")
+    check("damage", "kl_to_base", candidate["kl_to_base"], settings.max_kl_to_base, "<=")
+    if settings.min_fingerprint_similarity > 0:
+        check("damage", "fingerprint_to_base", candidate["fingerprint_to_base"],
+              settings.min_fingerprint_similarity, ">=")
+    if both("acquisition_loss", current):
+        rise = relative_rise(candidate["acquisition_loss"], current["acquisition_loss"])
+        check("learning", "learning_loss_rise", rise, settings.max_learning_loss_increase, "<=")
+    if both("acquisition_recall", current):
+        check("learning", "learning_recall_drop", current["acquisition_recall"] - candidate["acquisition_recall"],
+              settings.max_learning_recall_drop, "<=")
+    if both("retention_loss", current):
+        check("retention", "retention_loss_rise", relative_rise(candidate["retention_loss"], current["retention_loss"]),
+              settings.max_retention_loss_increase, "<=")
+    if both("retention_recall", current):
+        check("retention", "retention_recall_drop", current["retention_recall"] - candidate["retention_recall"],
+              settings.max_retention_recall_drop, "<=")
+    if both("heldout_loss", current):
+        check("retention", "heldout_loss_rise", relative_rise(candidate["heldout_loss"], current["heldout_loss"]),
+              settings.max_heldout_loss_increase, "<=")
+    check("retention", "cumulative_forgetting", cumulative_forgetting(candidate["slice_losses"], base["slice_losses"]),
           settings.max_cumulative_forgetting, "<=")
     return Decision(promote=all(c.passed for c in checks), checks=checks)
+
+
+def family_of(metric: str) -> str:
+    """The family a measured metric belongs to (for a non-finite number's reason)."""
+    if metric.startswith("acquisition"):
+        return "learning"
+    if metric.startswith(("retention", "heldout", "slice_losses", "forgetting")):
+        return "retention"
+    return "damage"
 
 
 def cumulative_forgetting(slice_losses: dict[str, float], base_slice_losses: dict[str, float]) -> float:

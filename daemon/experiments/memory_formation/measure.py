@@ -5,8 +5,9 @@
   the words the question already gives away ("The Zypher lives on") do not count; greedy recall,
   the share of questions whose greedy reply contains an accepted answer string; and confusion, the
   share whose reply gives the *other* concept's answer instead (interference made visible);
-- general capability: the shipped probes (trainers/probes.jsonl), reference-answer loss and
-  greedy accuracy, as the quality gate measures them.
+- general capability: the shipped probe bank (trainers/probes.jsonl), reference-answer loss and
+  greedy accuracy, as the quality gate measures them; and KL(base || model) on the answer tokens
+  of the anchor bank (the base's top-k cached with the anchors), as the gate measures it.
 
 Everything is greedy or a plain forward pass: the same weights give the same numbers.
 """
@@ -19,8 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from dreamd.daemon.experiments.memory_formation.facts import Probe, probe_example
+from dreamd.trainers.anchors import Anchor
 from dreamd.trainers.examples import split_point
-from dreamd.trainers.gate.metrics import ask, greedy_accuracy, load_probes, response_losses
+from dreamd.trainers.gate.metrics import (
+    EVAL_BATCH,
+    TopK,
+    answer_logprobs,
+    ask,
+    greedy_accuracy,
+    load_probes,
+    mean_kl,
+    response_losses,
+)
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
 
@@ -50,7 +61,8 @@ def value_logprobs(loaded: LoadedModel, probes: list[Probe]) -> list[float]:
 def concept_scores(loaded: LoadedModel, probes: list[Probe]) -> dict:
     """Log-probability, recall and confusion of one concept's held-out questions."""
     logprobs = value_logprobs(loaded, probes)
-    replies = chat_replies(loaded, [[{"role": "user", "content": p.question}] for p in probes], FACT_TOKENS)
+    replies = chat_replies(loaded, [[{"role": "user", "content": p.question}] for p in probes], FACT_TOKENS,
+                           EVAL_BATCH)
     hits = [_contains(reply, p.accept) for reply, p in zip(replies, probes, strict=True)]
     confused = [not hit and _contains(reply, p.other_accept)
                 for hit, reply, p in zip(hits, replies, probes, strict=True)]
@@ -67,16 +79,23 @@ def capability_scores(loaded: LoadedModel) -> dict:
     """The general-capability probes: reference-answer loss and greedy accuracy."""
     probes = load_probes()
     exchanges = [ask(p.prompt, p.answer, f"probe:{p.id}") for p in probes]
-    replies = chat_replies(loaded, [ex.messages[:-1] for ex in exchanges], PROBE_TOKENS)
+    replies = chat_replies(loaded, [ex.messages[:-1] for ex in exchanges], PROBE_TOKENS, EVAL_BATCH)
     losses = response_losses(loaded, exchanges)
     return {"loss": sum(losses) / len(losses), "accuracy": greedy_accuracy(replies, probes)}
 
 
-def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]]) -> dict:
-    """Every number of one checkpoint: each concept's scores and the capability probes."""
+def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
+    """Mean KL(base || model) over the anchor answers' tokens (the base's side: its cached top-k)."""
+    reference = [TopK(torch.tensor(a.top_ids), torch.tensor(a.top_logprobs)) for a in anchors]
+    return mean_kl(reference, answer_logprobs(loaded, [a.example() for a in anchors]))
+
+
+def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], anchors: list[Anchor]) -> dict:
+    """Every number of one checkpoint: each concept's scores, the capability probes, the anchor KL."""
     started = time.monotonic()
     result = {concept: concept_scores(loaded, probes) for concept, probes in probes_by_concept.items()}
     result["probes"] = capability_scores(loaded)
+    result["anchor_kl"] = anchor_kl(loaded, anchors)
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
 

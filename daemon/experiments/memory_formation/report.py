@@ -14,9 +14,17 @@ ARM_LABELS = {
     "dream_loop": "(a) full dream loop",
     "plain_finetune": "(b) plain fine-tuning",
     "no_training": "(c) no training",
+    "replay_only": "(d) loop without dreams (replay only)",
+    "full_backprop": "(e) (a)'s data, full backprop",
 }
 CONCEPT_NOTES = {"Zypher": "first concept, acquisition", "Zyphrex": "second concept, interference"}
-PROBE_LOSS_TOLERANCE = 0.02  # the gate's default relative rise, used to word "kept its capabilities"
+PROBE_LOSS_TOLERANCE = 0.03  # the issue's targets (and the gate's default budgets) for "kept its capabilities":
+PROBE_ACCURACY_TOLERANCE = 0.02  # probe loss at most +3%, probe accuracy at most 2 points below the base
+
+
+def present(results: dict) -> list[str]:
+    """The arms this run has, in the order of ARM_LABELS."""
+    return [arm for arm in ARM_LABELS if arm in results["arms"]]
 
 
 def _m(results: dict, arm: str, index: int) -> dict:
@@ -61,14 +69,15 @@ def table_markdown(results: dict) -> str:
              "better); recall: share of held-out questions whose greedy reply holds the answer; confused: share "
              "answered with the other concept's value; probes: the general-capability probes (loss of the "
              "reference answers, greedy accuracy). Steps: optimizer steps of that round.", ""]
-    for arm, label in ARM_LABELS.items():
-        lines += [f"## {label}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    arms = present(results)
+    for arm in arms:
+        lines += [f"## {ARM_LABELS[arm]}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows(results, arm)]
         lines.append("")
-    lines += ["## Budget (optimizer steps per phase)", "", "| phase | " + " | ".join(ARM_LABELS.values()) + " |",
-              "|---|---|---|---|"]
+    lines += ["## Budget (optimizer steps per phase)", "",
+              "| phase | " + " | ".join(ARM_LABELS[a] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for phase, per_arm in results["budget"].items():
-        lines.append(f"| {phase} | " + " | ".join(str(per_arm[a]) for a in ARM_LABELS) + " |")
+        lines.append(f"| {phase} | " + " | ".join(str(per_arm.get(a, "")) for a in arms) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -88,7 +97,9 @@ def curves(results: dict, metric) -> dict:
     """Series per arm (name -> (checkpoint indices, values)); `metric(measurement) -> float`."""
     series = {}
     # (c) first and (a) after it: where the loop stays at the base, its line is drawn on top.
-    for arm in ("no_training", "plain_finetune", "dream_loop"):
+    for arm in ("no_training", "plain_finetune", "full_backprop", "replay_only", "dream_loop"):
+        if arm not in results["arms"]:
+            continue
         points = results["arms"][arm]
         series[ARM_LABELS[arm]] = ([p["index"] for p in points], [metric(p["measurement"]) for p in points])
     loop = results["arms"]["dream_loop"]
@@ -134,6 +145,7 @@ def _compare(a: float, b: float, unit: float) -> str:
 
 def summary_lines(results: dict) -> list[str]:
     s, budget = results["settings"], results["budget"]
+    t, d = results["config"]["training"], results["config"]["dreams"]
     acquired, end = _ends(results)
     qz, qx = questions(results, "Zypher"), questions(results, "Zyphrex")
     a_acq, b_acq, c = (_m(results, "dream_loop", acquired), _m(results, "plain_finetune", acquired),
@@ -141,9 +153,12 @@ def summary_lines(results: dict) -> list[str]:
     a_end, b_end = _m(results, "dream_loop", end), _m(results, "plain_finetune", end)
     loop = [p for p in results["arms"]["dream_loop"] if p["index"]]
     lines = [
-        f"**Setup.** Model {results['model']}; LoRA, learning rate {s['lora_learning_rate']:g}, {s['epochs']} epochs "
-        f"per round, batch {s['batch_size']}, seed {s['seed']}; {s['cycles_per_phase']} dream cycle(s) per phase of "
-        f"{s['dreams_per_cycle']} dreams, replay fraction {s['replay_fraction']:g}. Budget, in optimizer steps, "
+        f"**Setup.** Model {results['model']}; the daemon's settings: {t['mode']}, learning rate "
+        f"{t['lora_learning_rate' if t['mode'] == 'lora' else 'full_learning_rate']:g}, {t['epochs']} epochs per "
+        "round, "
+        f"batch {t['batch_size']}, seed {s['seed']}; {s['cycles_per_phase']} dream cycle(s) per phase of "
+        f"{d['per_cycle']} dreams, replay fraction {d['replay_fraction']:g}, anchor fraction "
+        f"{d.get('anchor_fraction', 0):g}. Budget, in optimizer steps, "
         + "; ".join(f"{phase}: {b['dream_loop']} for the dream loop and {b['plain_finetune']} for plain fine-tuning"
                     for phase, b in budget.items())
         + f". Measured on {qz} held-out Zypher and {qx} Zyphrex questions (one question is {1 / qz:.2f} of recall)."
@@ -233,10 +248,11 @@ def verdicts(results: dict) -> list[str]:
     out.append(f"on the new concept (Zyphrex) the dream loop recalled {word if word != 'the same' else 'as much'}"
                f"{' than' if word != 'the same' else ' as'} plain fine-tuning.")
     for arm, m in (("the dream loop", a_end), ("plain fine-tuning", b_end)):
-        kept = (m["probes"]["accuracy"] >= c["probes"]["accuracy"]
+        kept = (m["probes"]["accuracy"] >= c["probes"]["accuracy"] - PROBE_ACCURACY_TOLERANCE
                 and m["probes"]["loss"] <= c["probes"]["loss"] * (1 + PROBE_LOSS_TOLERANCE))
-        out.append(f"{arm} {'kept' if kept else 'did NOT keep'} its general capability (probe accuracy not lower "
-                   f"and probe loss at most {PROBE_LOSS_TOLERANCE:.0%} above the base's).")
+        out.append(f"{arm} {'kept' if kept else 'did NOT keep'} its general capability (probe accuracy at most "
+                   f"{PROBE_ACCURACY_TOLERANCE * 100:.0f} points lower and probe loss at most "
+                   f"{PROBE_LOSS_TOLERANCE:.0%} above the base's).")
     return [line[0].upper() + line[1:] for line in out]
 
 
@@ -258,8 +274,8 @@ def write_artefacts(results: dict, out: Path) -> list[Path]:
     sections = [{"heading": "Summary", "image": None,
                  "html": "".join(paragraph(line.replace("**", "")) for line in summary_lines(results))}]
     sections += [{"heading": title, "image": path.name, "html": ""} for title, path in charts]
-    sections += [{"heading": f"Table: {label}", "image": None, "html": html_table(HEADER, rows(results, arm))}
-                 for arm, label in ARM_LABELS.items()]
+    sections += [{"heading": f"Table: {ARM_LABELS[arm]}", "image": None, "html": html_table(HEADER, rows(results, arm))}
+                 for arm in present(results)]
     links = " · ".join(f'<a href="{name}">{name}</a>' for name in ("results.json", "table.md", "summary.md"))
     sections.append({"heading": "Files", "image": None, "html": f"<p>{links}</p>"})
     index = write_html(out / "index.html", "Memory-formation experiment", sections)

@@ -10,20 +10,28 @@ from dreamd.daemon.dreaming.dreams import Dream, extract_scenario, temperatures
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.signal_agent import (
     Score,
+    ScoringContext,
     decide,
+    fall_back_to_logged,
     hygiene_problems,
     novelty,
     parse_judgement,
     repeated_ngram_share,
+    score_grounding,
 )
+from dreamd.trainers.words import content_words, unsupported
+
+JUDGED = SignalSettings(judge_model_path="judge")  # the judge runs only with a judge model configured
 
 
-def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4) -> dict[str, Score]:
+def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4, unsupported_share=0.0) -> dict[str, Score]:
     s = SignalSettings()
     return {
         "divergence": Score("divergence", divergence,
                             min(max((divergence - s.min_divergence) / s.divergence_scale, 0), 1),
                             divergence >= s.min_divergence, f"{divergence:+.3f}"),
+        "grounding": Score("grounding", unsupported_share, 1 - unsupported_share,
+                           unsupported_share <= s.max_unsupported_share, f"{unsupported_share:.2f} unsupported"),
         "judge": Score("judge", judge, (judge - 1) / 9, judge >= s.min_judge_score, f"rated {judge}"),
         "hygiene": Score("hygiene", 0.0 if hygiene_ok else 1.0, 1.0 if hygiene_ok else 0.0, hygiene_ok,
                          "clean" if hygiene_ok else "response too short"),
@@ -33,20 +41,39 @@ def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4) -> dic
 
 def test_good_scores_are_accepted_with_reasons():
     accepted, total, reasons = decide(scores(), SignalSettings())
-    # divergence 0.3 is 0.4 above min_divergence -0.1: 0.8 of the scale 0.5
-    assert accepted and total == pytest.approx((0.8 + 7 / 9 + 1 + 0.4) / 4)
-    assert reasons[0].startswith("total") and any(r.startswith("judge:") for r in reasons)
+    # divergence 0.3 is 0.2 above min_divergence +0.1: 0.4 of the scale 0.5; no judge model, no judge
+    assert accepted and total == pytest.approx((0.4 + 1 + 1 + 0.4) / 4)
+    assert reasons[0].startswith("total") and any(r.startswith("grounding:") for r in reasons)
+    assert not any(r.startswith("judge:") for r in reasons)
+    accepted, total, reasons = decide(scores(), JUDGED)
+    assert accepted and total == pytest.approx((0.4 + 1 + 7 / 9 + 1 + 0.4) / 5)
+    assert any(r.startswith("judge:") for r in reasons)
+
+
+def test_the_judge_counts_only_with_a_judge_model_and_memory_support_must_be_positive():
+    assert "judge" not in SignalSettings().weights() and "judge" in JUDGED.weights()
+    assert set(SignalSettings().weights()) == {"divergence", "grounding", "hygiene", "novelty"}
+    assert SignalSettings().min_divergence > 0 and SignalSettings().min_total == 0
+    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, hygiene_weight=0, novelty_weight=0)
+    assert decide(scores(), only_judge) == (False, None, ["no scorer is enabled (every [signal] weight is 0)"])
 
 
 @pytest.mark.parametrize("bad, reason", [
     ({"divergence": -0.2}, "divergence:"),
+    ({"divergence": 0.05}, "divergence:"),  # positive, but below the positive threshold
+    ({"unsupported_share": 0.5}, "grounding:"),
     ({"judge": 3.0}, "judge:"),
     ({"hygiene_ok": False}, "hygiene: response too short"),
-    ({"novelty_value": 0.01}, "novelty:"),
+    ({"novelty_value": 0.005}, "novelty:"),
 ])
 def test_one_failing_threshold_rejects_naming_it(bad, reason):
-    accepted, _total, reasons = decide(scores(**bad), SignalSettings())
+    accepted, _total, reasons = decide(scores(**bad), JUDGED)
     assert not accepted and any(r.startswith(reason) for r in reasons)
+
+
+def test_a_bad_judgement_does_not_count_without_a_judge_model():
+    accepted, _total, reasons = decide(scores(judge=1.0), SignalSettings())
+    assert accepted and not any("judge" in r for r in reasons)
 
 
 def test_low_total_rejects_even_when_every_threshold_passes():
@@ -56,15 +83,19 @@ def test_low_total_rejects_even_when_every_threshold_passes():
 
 
 def test_weights_change_the_total_and_zero_turns_a_scorer_off():
-    only_judge = SignalSettings(divergence_weight=0, hygiene_weight=0, novelty_weight=0)
-    accepted, total, _ = decide(scores(divergence=-5.0, novelty_value=0.0), only_judge)
-    assert accepted and total == pytest.approx(7 / 9)  # divergence and novelty no longer count
+    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, hygiene_weight=0, novelty_weight=0,
+                                judge_model_path="judge")
+    accepted, total, _ = decide(scores(divergence=-5.0, novelty_value=0.0, unsupported_share=1.0), only_judge)
+    assert accepted and total == pytest.approx(7 / 9)  # divergence, grounding and novelty no longer count
 
 
 def test_a_missing_score_and_a_failure_reject():
     partial = scores()
     del partial["judge"]
-    assert decide(partial, SignalSettings())[2][0] == "judge: not scored"
+    assert decide(partial, JUDGED)[2][0] == "judge: not scored"
+    assert decide(partial, SignalSettings())[0]  # without a judge model no judgement is wanted
+    del partial["grounding"]
+    assert decide(partial, SignalSettings())[2][0] == "grounding: not scored"
     accepted, total, reasons = decide(scores(), SignalSettings(), failure="generation timed out")
     assert (accepted, total, reasons) == (False, None, ["generation timed out"])
 
@@ -108,6 +139,93 @@ def test_hygiene_passes_a_plain_answer_and_names_each_problem():
     assert any("copies a memory" in p for p in hygiene_problems(copied, settings))
 
 
+def test_only_a_composed_question_may_not_copy_a_memory():
+    settings = SignalSettings()
+    question = "How do I keep basil fresh for a week?"
+    memory = [f"User: {question}\nAssistant: water"]
+    assert any("copies a memory" in p for p in hygiene_problems(dream(scenario=question, fragments=memory), settings))
+    for kind in ("logged", "reworded", "about"):  # these ask a memory's own question by design
+        asked = Dream([1, 2], [[1, 2]], memory, 0.7, kind=kind, scenario=question,
+                      response="Keep the basil stems in a glass of water on the counter.")
+        assert hygiene_problems(asked, settings) == []
+
+
+def test_grounding_names_the_unsupported_words():
+    words, total = unsupported("Your huggle VPN password expires on Fridays at the office.",
+                               "How do I reset my VPN password?",
+                               "User: my password expires every Friday\nAssistant: at the office desk")
+    assert (words, total) == (["huggle"], 6)  # Fridays/Friday, expires, office match loosely
+    assert unsupported("", "anything") == ([], 0)
+    assert content_words("The lived living lives of 42 cats") == ["lived", "42", "cats"]
+
+    settings = SignalSettings()
+    made_up = Dream([1, 2], [[1, 2]], ["User: VPN broken\nAssistant: reinstall the certificate"], 0.7,
+                    scenario="How do I fix my VPN?", response="The huggle zorblat fixes your VPN.")
+    grounded = Dream([1, 2], [[1, 2]], list(made_up.fragments), 0.7, scenario=made_up.scenario,
+                     response="Reinstall the certificate to fix the VPN.")
+    bad, good = score_grounding([made_up, grounded], ScoringContext(settings))
+    assert not bad.passed and bad.value == pytest.approx(0.5) and bad.detail["unsupported"] == ["huggle", "zorblat"]
+    assert bad.reason == "2 of 4 content words in neither the memories nor the question: huggle, zorblat (0.50 > 0.34)"
+    assert good.passed and good.value == 0 and good.normalized == 1
+    assert good.reason == "0 of 4 content words in neither the memories nor the question (0.00 <= 0.34)"
+    accepted, _total, reasons = decide({**scores(), "grounding": bad}, settings)
+    assert not accepted and reasons == [f"grounding: {bad.reason}"]
+    many = Dream([1, 2], [[1, 2]], ["nothing here"], 0.7, scenario="Why?",
+                 response=" ".join(f"zq{chr(97 + i)}word" for i in range(10)))
+    assert score_grounding([many], ScoringContext(settings))[0].reason.startswith(
+        "10 of 10 content words in neither the memories nor the question: zqaword, zqbword,")
+    assert " ... (1.00 > 0.34)" in score_grounding([many], ScoringContext(settings))[0].reason
+
+
+LOGGED_ANSWER = "The team standup moved to 9:30 on Tuesdays, in the small meeting room."
+
+
+def asked_again(kind="logged", logged_answer=LOGGED_ANSWER, response="The standup is whenever you like, honestly.",
+                **bad) -> Dream:
+    """A dream that asks a memory's own question, decided on fixed scores (`bad` as in `scores`)."""
+    d = Dream([1, 2], [[1, 2]], [f"User: When is the standup?\nAssistant: {LOGGED_ANSWER}"], 0.7, kind=kind,
+              scenario="When is the standup?", response=response, logged_answer=logged_answer)
+    d.scores = scores(**bad)
+    d.accepted, d.total, d.reasons = decide(d.scores, SignalSettings())
+    fall_back_to_logged(d, SignalSettings())
+    return d
+
+
+@pytest.mark.parametrize("bad, scorer", [
+    ({"unsupported_share": 0.6}, "grounding"),
+    ({"divergence": -0.4}, "divergence"),
+    ({"unsupported_share": 0.6, "divergence": -0.4}, "grounding"),
+])
+def test_a_teacher_answer_without_support_falls_back_to_the_logged_answer(bad, scorer):
+    d = asked_again(**bad)
+    assert d.accepted and d.target == "logged" and d.response == LOGGED_ANSWER
+    assert len(d.reasons) == 1 and d.reasons[0].startswith("replay: the teacher's answer failed (")
+    assert f"{scorer}: " in d.reasons[0] and d.reasons[0].endswith("the memory's logged answer is the target")
+
+
+@pytest.mark.parametrize("dream_of", [
+    lambda: asked_again(unsupported_share=0.6, hygiene_ok=False),  # a failure the logged answer does not mend
+    lambda: asked_again(divergence=-0.4, novelty_value=0.0),
+    lambda: asked_again(kind="join", logged_answer=None, unsupported_share=0.6),  # nothing logged to fall back on
+])
+def test_no_fallback_past_other_checks_or_without_a_logged_answer(dream_of):
+    d = dream_of()
+    assert not d.accepted and d.target == "teacher" and d.response != LOGGED_ANSWER
+    assert not any(r.startswith("replay:") for r in d.reasons)
+
+
+def test_a_logged_answer_that_fails_hygiene_is_no_fallback():
+    d = asked_again(logged_answer="Ok.", unsupported_share=0.6)
+    assert not d.accepted
+    assert d.reasons[0].startswith("grounding: ")
+    assert d.reasons[-1] == "the logged answer fails hygiene too: response too short (3 < 8 chars)"
+
+
+def test_a_good_teacher_answer_is_kept_over_the_logged_one():
+    d = asked_again()
+    assert d.accepted and d.target == "teacher" and d.response != LOGGED_ANSWER and d.reasons[0].startswith("total")
+
+
 def test_repeated_ngram_share():
     assert repeated_ngram_share("the quick brown fox jumps over the lazy dog") == 0.0
     assert repeated_ngram_share("a b c a b c a b c a b c") > 0.5
@@ -145,6 +263,11 @@ def test_temperature_schedules():
     (DreamSettings, {"temperature_min": 2.0, "temperature": 1.0}, "temperature_min"),
     (DreamSettings, {"replay_fraction": 1.0}, "replay_fraction"),
     (DreamSettings, {"per_cycle": 0}, "per_cycle"),
+    (DreamSettings, {"anchor_fraction": 1.0}, "anchor_fraction"),
+    (DreamSettings, {"kinds": []}, "kinds"),
+    (DreamSettings, {"kinds": ["logged", "dreamt"]}, "kinds"),
+    (SignalSettings, {"grounding_weight": -1.0}, "grounding_weight"),
+    (SignalSettings, {"max_unsupported_share": 1.5}, "max_unsupported_share"),
     (SignalSettings, {"judge_weight": -1.0}, "judge_weight"),
     (SignalSettings, {"min_judge_score": 11.0}, "min_judge_score"),
     (SignalSettings, {"min_total": 1.5}, "min_total"),

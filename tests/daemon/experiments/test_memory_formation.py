@@ -16,8 +16,14 @@ from dreamd.daemon.experiments.memory_formation.facts import (
     training_exchanges,
     write_logs,
 )
-from dreamd.daemon.experiments.memory_formation.report import summary_lines, table_markdown, verdicts, write_artefacts
-from dreamd.daemon.experiments.memory_formation.run import ExperimentSettings, arm_config
+from dreamd.daemon.experiments.memory_formation.report import (
+    present,
+    summary_lines,
+    table_markdown,
+    verdicts,
+    write_artefacts,
+)
+from dreamd.daemon.experiments.memory_formation.run import ARMS, ExperimentSettings, arm_config, headline
 from dreamd.memory_graph.formats.parse import parse_bytes
 
 
@@ -60,26 +66,35 @@ def test_logs_parse_as_chat_jsonl_and_hold_only_their_own_concept(tmp_path):
 
 def test_quick_settings_and_the_arm_config():
     quick = ExperimentSettings.quick_run(seed=3)
-    assert (quick.cycles_per_phase, quick.facts, quick.heldout_per_fact, quick.seed, quick.quick) == (1, 6, 1, 3, True)
+    assert (quick.cycles_per_phase, quick.dreams_per_cycle, quick.facts, quick.heldout_per_fact, quick.seed,
+            quick.quick) == (1, 16, 6, 1, 3, True)
     with pytest.raises(ValueError):
         ExperimentSettings(facts=13)
-    base = config_from_dict({"training": {"mode": "full"}})
-    raw = arm_config(base, "/models/x", ExperimentSettings())
+    with pytest.raises(ValueError):
+        ExperimentSettings(dreams_per_cycle=300)
+    base = config_from_dict({"training": {"mode": "full", "epochs": 3}, "dreams": {"anchor_fraction": 0.1}})
+    raw = arm_config(base, "/models/x", ExperimentSettings(seed=5))
     config = config_from_dict(raw)  # still a valid config
-    assert config.training.mode == "lora" and config.training.lora_learning_rate == 2e-3
-    assert config.model.path == "/models/x" and config.dreams.per_cycle == 8
-    assert Config().training.lora_learning_rate == 1e-4  # the daemon's own default is untouched
+    # The daemon's settings as the operator has them: only the model, the dream count and the seed are set.
+    assert (config.training.mode, config.training.epochs, config.training.seed) == ("full", 3, 5)
+    assert config.dreams.anchor_fraction == 0.1 and config.signal == base.signal and config.gate == base.gate
+    assert config.model.path == "/models/x" and config.dreams.per_cycle == Config().dreams.per_cycle == 32
+    assert config_from_dict(arm_config(base, "/m", ExperimentSettings(dreams_per_cycle=8))).dreams.per_cycle == 8
+    # The learning rate is the daemon's (no experiment-only rate), and the operator's config is not changed.
+    assert config.training.lora_learning_rate == Config().training.lora_learning_rate
+    assert base.to_dict()["model"]["path"] != "/models/x"
 
 
 # --- the report on made-up results ---------------------------------------------------------------
 
-def measurement(z_recall, z_logp, x_recall, x_logp, probe_loss=1.0, probe_acc=0.6, z_conf=0.0):
+def measurement(z_recall, z_logp, x_recall, x_logp, probe_loss=1.0, probe_acc=0.6, z_conf=0.0, anchor_kl=0.0):
     return {"Zypher": {"recall": z_recall, "logprob": z_logp, "confusion": z_conf},
             "Zyphrex": {"recall": x_recall, "logprob": x_logp, "confusion": 0.0},
-            "probes": {"loss": probe_loss, "accuracy": probe_acc}, "seconds": 1.0}
+            "probes": {"loss": probe_loss, "accuracy": probe_acc}, "anchor_kl": anchor_kl, "seconds": 1.0}
 
 
-def fake_results(loop, plain, steps=(10, 12), outcomes=("promoted", "rejected")):
+def fake_results(loop, plain, steps=(10, 12), outcomes=("promoted", "rejected"), others=None):
+    """Made-up results of the three arms (a)-(c); `others` adds arms by name (their measurements)."""
     base = measurement(0.0, -5.0, 0.0, -5.0)
     phases = ("acquisition", "interference")
 
@@ -92,16 +107,21 @@ def fake_results(loop, plain, steps=(10, 12), outcomes=("promoted", "rejected"))
             points.append(point)
         return points
 
+    arms = {"dream_loop": arm(loop, True), "plain_finetune": arm(plain, False),
+            "no_training": [{"index": i, "phase": p, "cycle": 1, "steps": 0, "measurement": base}
+                            for i, p in enumerate(("start",) + phases)]}
+    arms.update({name: arm(ms, False) for name, ms in (others or {}).items()})
     return {
-        "settings": {"cycles_per_phase": 1, "lora_learning_rate": 1e-3, "epochs": 2, "batch_size": 4, "seed": 0,
-                     "dreams_per_cycle": 4, "replay_fraction": 0.75},
+        "settings": {"cycles_per_phase": 1, "dreams_per_cycle": None, "facts": 6, "heldout_per_fact": 1, "seed": 0,
+                     "quick": True},
+        "config": {"training": {"mode": "lora", "lora_learning_rate": 1e-3, "full_learning_rate": 1e-5, "epochs": 2,
+                                "batch_size": 4},
+                   "dreams": {"per_cycle": 4, "replay_fraction": 0.5, "anchor_fraction": 0.25}},
         "model": "tiny", "quick": True, "concepts": ["Zypher", "Zyphrex"],
         "probes": {"Zypher": [{}] * 6, "Zyphrex": [{}] * 6}, "timings": {"total": 90.0},
-        "arms": {"dream_loop": arm(loop, True), "plain_finetune": arm(plain, False),
-                 "no_training": [{"index": i, "phase": p, "cycle": 1, "steps": 0, "measurement": base}
-                                 for i, p in enumerate(("start",) + phases)]},
-        "budget": {"acquisition": {"dream_loop": steps[0], "plain_finetune": steps[0], "no_training": 0},
-                   "interference": {"dream_loop": steps[1], "plain_finetune": steps[1], "no_training": 0}},
+        "arms": arms,
+        "budget": {phase: {name: (sum(p["steps"] for p in points if p["phase"] == phase)) for name, points in
+                           arms.items()} for phase in phases},
     }
 
 
@@ -117,6 +137,9 @@ def test_verdicts_state_failures_plainly():
     summary = "\n".join(summary_lines(results))
     assert "1 of 2 dream-loop cycles were promoted; 1 rejected, first for: probe loss rose 3%" in summary
     assert "budgets differ" not in summary
+    # The setup is the daemon's own settings, as the run recorded them.
+    assert ("the daemon's settings: lora, learning rate 0.001, 2 epochs per round, batch 4, seed 0; 1 dream cycle(s) "
+            "per phase of 4 dreams, replay fraction 0.5, anchor fraction 0.25.") in summary
 
 
 def test_verdicts_credit_the_loop_when_the_numbers_do():
@@ -143,3 +166,36 @@ def test_artefacts_from_results(tmp_path):
     assert table.count("| 2 | interference | 1 | 8 |") == 2  # (a) and (b) rows, same budget
     json.dumps(results)  # still JSON
     assert all(math.isfinite(float(x)) for x in (results["budget"]["acquisition"]["dream_loop"],))
+
+
+FIVE = {"replay_only": [measurement(0.17, -3.5, 0.0, -5.0), measurement(0.0, -4.2, 0.17, -3.1)],
+        "full_backprop": [measurement(0.33, -2.8, 0.0, -5.0, anchor_kl=0.2),
+                          measurement(0.17, -3.3, 0.33, -2.6, probe_acc=0.5, probe_loss=1.1, anchor_kl=0.4)]}
+
+
+def test_the_five_arms_in_the_tables_and_the_headline(tmp_path):
+    three = fake_results(loop=[measurement(0.17, -3.0, 0.0, -5.0), measurement(0.17, -3.2, 0.17, -3.0)],
+                         plain=[measurement(0.33, -2.5, 0.0, -5.0), measurement(0.0, -4.0, 0.33, -2.5)])
+    assert present(three) == ["dream_loop", "plain_finetune", "no_training"]
+    five = fake_results(loop=[measurement(0.17, -3.0, 0.0, -5.0),
+                              measurement(0.17, -3.2, 0.17, -3.0, probe_acc=0.55, probe_loss=1.05, anchor_kl=0.1)],
+                        plain=[measurement(0.33, -2.5, 0.0, -5.0), measurement(0.0, -4.0, 0.33, -2.5)], others=FIVE)
+    assert present(five) == list(ARMS) == ["dream_loop", "plain_finetune", "no_training", "replay_only",
+                                           "full_backprop"]
+    table = table_markdown(five)
+    assert "## (d) loop without dreams (replay only)" in table and "## (e) (a)'s data, full backprop" in table
+    assert "| acquisition | 10 | 10 | 0 | 10 | 10 |" in table  # the budget row: every arm, in order
+    assert "(d) loop without dreams" not in table_markdown(three)
+    top = headline(five)
+    assert (top["zypher_recall_acquired"], top["zypher_recall_after_interference"], top["zyphrex_recall"]) == (
+        0.17, 0.17, 0.17)
+    assert top["probe_accuracy_drop"] == pytest.approx(0.05) and top["probe_loss_rise"] == pytest.approx(0.05)
+    assert top["anchor_kl"] == 0.1 and top["base_zypher_recall"] == 0.0 and top["base_probe_accuracy"] == 0.6
+    assert (top["plain_zypher_recall_after_interference"], top["plain_zypher_after_interference"]) == (0.0, 0.0)
+    assert top["replay_only_zypher_recall_acquired"] == 0.17 and top["replay_only_zyphrex_recall"] == 0.17
+    assert top["full_backprop_anchor_kl"] == 0.4 and top["full_backprop_probe_accuracy_drop"] == pytest.approx(0.1)
+    assert not any(key.startswith("replay_only") for key in headline(three))
+    written = {p.name for p in write_artefacts(five, tmp_path)}
+    assert {"table.md", "summary.md", "index.html", "zypher-recall.png"} <= written
+    page = (tmp_path / "index.html").read_text()
+    assert "Table: (d) loop without dreams (replay only)" in page and "Table: (e) (a)&#x27;s data" in page

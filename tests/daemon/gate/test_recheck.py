@@ -4,9 +4,11 @@ pointer move are recorded; one that passes is kept. The real-model version of th
 tests/integration/test_quality_gate.py.
 
 The lineage: `parent`, a gentle round on real exchanges; `child`, another gentle round on top of it;
-`wrecked`, a full-weights round at a huge learning rate on noise on top of `parent`. With the default
-gate settings, `wrecked` fails (its greedy answers no longer resemble the base's: fingerprint) and
-`child` passes.
+`wrecked`, a full-weights round at a huge learning rate on noise on top of `parent`. The gate here
+also checks the optional fingerprint (a damage check, off by default): `wrecked` fails it (its
+greedy answers no longer resemble the base's), `child` passes every check. (The random tiny model's
+probe losses hardly move and its greedy anchor answers are empty, so the default damage checks
+cannot tell the two apart.)
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from dreamd.daemon.gate.judge import recheck_current
 from dreamd.daemon.gate.suite import held_out_nodes
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import open_store
+from dreamd.trainers.anchors import base_anchors
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
 from dreamd.trainers.examples import TrainingExample
-from dreamd.trainers.model_store import load_model
+from dreamd.trainers.model_store import load_model, resolve_model_dir
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.daemon_harness import save_tiny_model
@@ -80,6 +83,7 @@ def template(tmp_path_factory) -> tuple[Config, Path, dict[str, str]]:
         # The samples hold 20 exchanges: hold out more than the default 10% so slices exist.
         "evaluation": {"heldout_percent": 30, "slice_size": 3, "max_slices": 2, "acquisition_count": 2,
                        "max_new_tokens": 4},
+        "gate": {"min_fingerprint_similarity": 0.75},
     })
     ingester = sample_graph(root / "state")
     db, layout = ingester.db, StateLayout(root / "state")
@@ -91,6 +95,9 @@ def template(tmp_path_factory) -> tuple[Config, Path, dict[str, str]]:
     def train(examples: list[TrainingExample], settings: TrainingSettings, parent: str = BASE) -> str:
         return train_round(load_model(config.model, layout.models), examples, settings, layout, parent_id=parent)
 
+    # The anchor bank's answers by the base, cached in the state dir once for every test's copy.
+    base_anchors(resolve_model_dir(config.model, layout.models), layout.models,
+                 lambda: load_model(config.model, layout.models))
     parent = train(exchanges[:4], GENTLE)
     ids = {"parent": parent, "child": train(exchanges[4:8], GENTLE, parent),
            "wrecked": train(noise_examples(8), WRECKING, parent)}
@@ -112,7 +119,8 @@ def test_a_current_that_fails_the_gate_is_rolled_back_to_last_good(world):
     result = world.recheck()
     assert (result["checkpoint"], result["decision"], result["rolled_back_to"]) == (world.wrecked, "rolled_back",
                                                                                     world.parent)
-    assert any(reason.startswith("fingerprint_to_base") for reason in result["reasons"]), result["reasons"]
+    # Damage (against the base); it is also worse than `parent` on the newest memories (learning).
+    assert any(reason.startswith("damage: fingerprint_to_base") for reason in result["reasons"]), result["reasons"]
     assert read_pointer(world.layout, "current") == world.parent == read_pointer(world.layout, "last_good")
     assert world.rows("SELECT checkpoint, decision, compared_to FROM evaluations WHERE purpose = 'recheck'") == [
         (world.wrecked, "rolled_back", world.parent)]

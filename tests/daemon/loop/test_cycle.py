@@ -4,8 +4,11 @@ are spent only once the gate has decided."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from dreamd.daemon.gate.suite import held_out_nodes
 from dreamd.daemon.loop import cycle
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import open_store
@@ -108,6 +111,24 @@ def test_a_whole_cycle_trains_gates_and_then_spends_its_dreams(state, config, sc
     counts = table_counts(state)
     assert counts == {"trained_dreams": steps["training"]["dream_examples"], "rounds": 1, "gated": 1}
     assert counts["trained_dreams"] > 0
+    # What the steps report: accepted dreams by kind, the round's example ids, the gate's failed families.
+    made = steps["dreams"]
+    assert sum(made["accepted_by_kind"].values()) == made["accepted"] and made["logged_targets"] >= 0
+    ids = steps["training"]["example_ids"]
+    assert len(ids) == steps["training"]["examples"]
+    assert steps["training"]["anchor_examples"] == sum(i.startswith("anchor:") for i in ids)
+    failed = steps["gate"]["failed"]
+    assert failed == [] if decision == "promoted" else failed and set(failed) <= {"damage", "learning", "retention"}
+    # Held-out memories are never a dream's notes, nor replayed.
+    db = open_store(state.database)
+    try:
+        held = set(held_out_nodes(db, config["evaluation"]["heldout_percent"]))
+        assert held
+        for node_ids, fragments in db.execute("SELECT node_ids, fragments FROM dreams").fetchall():
+            assert len(json.loads(fragments)) == len([n for n in json.loads(node_ids) if n not in held])
+    finally:
+        db.conn.close()
+    assert not {int(i.split(":")[1]) for i in ids if i.startswith("replay:")} & held
 
 
 def test_dreams_stay_untrained_when_the_gate_fails(state, config, scripted, monkeypatch):

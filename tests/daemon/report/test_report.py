@@ -209,7 +209,9 @@ def test_an_old_database_reports_and_upgrades(layout, monkeypatch):
 
     monkeypatch.setattr(migrations, "MIGRATIONS", full)
     db = open_store(layout.database)
-    assert db.execute("SELECT name FROM _migrations ORDER BY number").fetchall()[-1] == ("m005_history",)
+    names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY number").fetchall()]
+    assert names[4:] == ["m005_history", "m006_dream_kinds"]  # everything after the first four, in order
+    assert {"kind", "target"} <= {r[1] for r in db.execute("PRAGMA table_info(dreams)").fetchall()}
     assert db.execute("SELECT count(*) FROM memory_nodes").fetchone()[0] == 2
     db.conn.close()
     new = json.loads(run("--state-dir", str(layout.root), "report", "--json").stdout)
@@ -249,15 +251,18 @@ def test_the_cycles_training_step_records_its_round(layout, tmp_path):
     tiny_tokenizer().save_pretrained(model_dir)
     config = config_from_dict({"model": {"path": str(model_dir), "device": "cpu"},
                                "training": {"batch_size": 1, "optimizer": "adamw"},
-                               "dreams": {"replay_fraction": 0.0}})
+                               "dreams": {"replay_fraction": 0.0, "anchor_fraction": 0.0}})
     db = open_store(layout.database)
     for batch in ("b1", "b1", "b1"):
         add_dream(db, batch, True, ["total 0.8 >= 0.5"])
-    result = cycle.train_candidate(config, layout, db, cycle.training_examples(config, db, seed=1))
+    examples = cycle.training_examples(config, layout, db, seed=1, held_out=frozenset())
+    result = cycle.train_candidate(config, layout, db, examples)
+    assert result["anchor_examples"] == 0 and result["example_ids"] == [e.id for e in examples]
     row = db.execute("SELECT checkpoint, parent, mode, examples, dream_examples, steps, losses, "
                      "finished_at >= started_at FROM training_rounds").fetchall()
     assert len(row) == 1
     checkpoint, parent, mode, examples, dreams, steps, losses, ordered = row[0]
     assert (checkpoint, parent, mode) == (result["candidate"], BASE, "lora") and ordered
-    assert examples == dreams == 3 and steps == 3 and len(json.loads(losses)) == 3
+    epochs = config.training.epochs  # every example once per epoch, one per step (batch size 1)
+    assert examples == dreams == 3 and steps == 3 * epochs == len(json.loads(losses)) and epochs >= 1
     assert json.loads(losses)[0] == pytest.approx(result["first_loss"])
