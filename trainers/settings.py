@@ -175,12 +175,12 @@ class EvalSettings:
 
 @dataclass
 class GateSettings:
-    """When a candidate checkpoint may become current: it did no damage, it learned, it retained.
+    """When a candidate checkpoint may become current: it did no damage, it learned, it retained."""
 
-    Damage is measured only on what the memories do not touch (the general probe bank, the anchor
-    answers), against the base model, so the budgets are lifetime budgets. Learning and retention
-    are reworded questions about the memories (never trained on), against the current model.
-    The defaults are calibrated from measurements (README, "The quality gate")."""
+    # Damage is measured only on what the memories do not touch (the general probe bank, the anchor
+    # answers), against the base model, so its budgets are lifetime budgets. Learning and retention
+    # are reworded questions about the memories (never trained on), against the current model. What
+    # the budgets were set against is in the README ("The quality gate").
 
     max_probe_accuracy_drop: float = setting(
         0.02, "Damage: largest fall of the general probes' greedy accuracy against the base (0.02 = 2 points)."
