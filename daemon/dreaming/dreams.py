@@ -94,6 +94,7 @@ def composition_chat(fragments: list[str]) -> list[dict]:
     return [{"role": "user", "content": f"Fragments of earlier conversations:\n\n{listed}\n\n{COMPOSE_INSTRUCTION}"}]
 
 
+NO_RESPONSE = "the model gave no response"
 NOTES_HEADER = ("Notes from earlier conversations with this user, newest first (a newer note corrects an "
                 "older one). Answer from these notes.")
 
@@ -207,7 +208,7 @@ def play_out(loaded: LoadedModel, dreams: list[Dream], settings: DreamSettings, 
             dream.failure = ("generation timed out playing the dream out "
                              f"(over {settings.generation_timeout_seconds:g} s)")
         elif not dream.response:
-            dream.failure = "the model gave no response"
+            dream.failure = NO_RESPONSE
 
 
 def dream(db: Database, loaded: LoadedModel, collisions: list[Collision], settings: DreamSettings, seed: int,

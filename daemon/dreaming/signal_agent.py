@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dreamd.daemon.dreaming.dreams import Dream, memory_chat
+from dreamd.daemon.dreaming.dreams import NO_RESPONSE, Dream, memory_chat
 from dreamd.daemon.dreaming.settings import SignalSettings
 from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import response_losses
@@ -304,19 +304,20 @@ TEACHER_CHECKS = ("divergence", "grounding")  # what a logged answer, taken from
 
 def fall_back_to_logged(dream: Dream, settings: SignalSettings) -> None:
     """A dream that asks a memory's own question, whose teacher answer failed only support or
-    grounding, is trained on the memory's logged answer instead (in place; its scores stay the
+    grounding (or came out empty), is trained on the memory's logged answer instead (in place; its scores stay the
     teacher's, `target` says which answer it holds)."""
-    if dream.accepted or dream.failure or not dream.logged_answer:
-        return
+    if dream.accepted or not dream.logged_answer or dream.failure not in (None, NO_RESPONSE):
+        return  # nothing to replace, or generation failed or timed out: rejected as decided
     failed = [name for name, score in dream.scores.items() if not score.passed]
-    if not failed or any(name not in TEACHER_CHECKS or dream.scores[name].value is None for name in failed):
+    if dream.failure is None and (not failed or any(name not in TEACHER_CHECKS or dream.scores[name].value is None
+                                                    for name in failed)):
         return  # another check failed, or a scorer broke (value None): rejected as decided
     problems = hygiene_problems(dataclasses.replace(dream, response=dream.logged_answer), settings)
     if problems:
         dream.reasons = dream.reasons + [f"the logged answer fails hygiene too: {'; '.join(problems)}"]
         return
     teacher = dream.reasons
-    dream.response, dream.target = dream.logged_answer, "logged"
+    dream.response, dream.target, dream.failure = dream.logged_answer, "logged", None
     dream.accepted = True
     dream.reasons = [f"replay: the teacher's answer failed ({'; '.join(teacher)}); the memory's logged answer "
                      "is the target"]

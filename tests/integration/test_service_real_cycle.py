@@ -91,6 +91,7 @@ def check_full_cycle(d: Daemon, dreams: int, cycle_timeout: float) -> None:
     assert (status["source"], status["daemon"], status["phase"]) == ("daemon", "running", "idle")
     assert status["last_cycle"]["status"] == "ok", status["last_cycle"]
     decision = status["last_gate_decision"]
+    assert decision, status["last_cycle"]  # the cycle reached the gate
     candidate = decision["checkpoint"]
     assert decision["decision"] in ("promoted", "rejected") and decision["purpose"] == "candidate"
     assert status["last_cycle"]["result"]["outcome"] == decision["decision"]

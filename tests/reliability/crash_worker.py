@@ -21,7 +21,7 @@ from dreamd.trainers.round import start_trainer, train_round
 from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.train import chats, tiny_loaded
 
-SETTINGS = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2)
+SETTINGS = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2, epochs=1)
 
 
 def die(*_args) -> None:

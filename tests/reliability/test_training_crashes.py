@@ -29,7 +29,7 @@ from tests.helpers.train import chats, state, tiny_loaded
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("crash_worker.py")
-SETTINGS = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2)
+SETTINGS = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2, epochs=1)
 
 
 def run_worker(*args) -> tuple[int, list[str]]:

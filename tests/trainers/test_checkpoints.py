@@ -27,8 +27,8 @@ from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.tiny import tiny_llama
 from tests.helpers.train import chats, state, tiny_loaded
 
-LORA = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2)
-FULL = TrainingSettings(mode="full", full_learning_rate=1e-3, batch_size=2)
+LORA = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2, epochs=1)
+FULL = TrainingSettings(mode="full", full_learning_rate=1e-3, batch_size=2, epochs=1)
 
 
 def test_a_round_writes_a_complete_verified_checkpoint(tmp_path):
@@ -93,7 +93,7 @@ def test_mode_changes_along_a_lineage_load(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     """Training A then B in one go equals training B from A reloaded from disk."""
     layout = state(tmp_path)
-    settings = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2, apollo_update_proj_gap=2)
+    settings = TrainingSettings(mode="lora", lora_learning_rate=1e-2, batch_size=2, apollo_update_proj_gap=2, epochs=1)
     first, second = chats(4, "a"), chats(5, "b")
     torch.manual_seed(7)
     continuous = start_trainer(tiny_loaded(), settings, layout)
