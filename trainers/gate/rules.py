@@ -90,21 +90,18 @@ def decide(candidate: dict, current: dict | None, base: dict, settings: GateSett
     if settings.min_fingerprint_similarity > 0:
         check("damage", "fingerprint_to_base", candidate["fingerprint_to_base"],
               settings.min_fingerprint_similarity, ">=")
-    if both("acquisition_loss", current):
-        rise = relative_rise(candidate["acquisition_loss"], current["acquisition_loss"])
-        check("learning", "learning_loss_rise", rise, settings.max_learning_loss_increase, "<=")
-    if both("acquisition_recall", current):
-        check("learning", "learning_recall_drop", current["acquisition_recall"] - candidate["acquisition_recall"],
-              settings.max_learning_recall_drop, "<=")
-    if both("retention_loss", current):
-        check("retention", "retention_loss_rise", relative_rise(candidate["retention_loss"], current["retention_loss"]),
-              settings.max_retention_loss_increase, "<=")
-    if both("retention_recall", current):
-        check("retention", "retention_recall_drop", current["retention_recall"] - candidate["retention_recall"],
-              settings.max_retention_recall_drop, "<=")
-    if both("heldout_loss", current):
-        check("retention", "heldout_loss_rise", relative_rise(candidate["heldout_loss"], current["heldout_loss"]),
-              settings.max_heldout_loss_increase, "<=")
+    # Against `current`: (family, reported name, metric, a loss (relative rise) or a recall (fall), budget).
+    for family, name, metric, kind, limit in (
+        ("learning", "learning_loss_rise", "acquisition_loss", "loss", settings.max_learning_loss_increase),
+        ("learning", "learning_recall_drop", "acquisition_recall", "recall", settings.max_learning_recall_drop),
+        ("retention", "retention_loss_rise", "retention_loss", "loss", settings.max_retention_loss_increase),
+        ("retention", "retention_recall_drop", "retention_recall", "recall", settings.max_retention_recall_drop),
+        ("retention", "heldout_loss_rise", "heldout_loss", "loss", settings.max_heldout_loss_increase),
+    ):
+        if both(metric, current):
+            worse = (relative_rise(candidate[metric], current[metric]) if kind == "loss"
+                     else current[metric] - candidate[metric])
+            check(family, name, worse, limit, "<=")
     check("retention", "cumulative_forgetting", cumulative_forgetting(candidate["slice_losses"], base["slice_losses"]),
           settings.max_cumulative_forgetting, "<=")
     return Decision(promote=all(c.passed for c in checks), checks=checks)
