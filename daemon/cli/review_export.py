@@ -87,12 +87,19 @@ def _database(obj):
 @click.option("--checkpoint", "checkpoint_id", default=None, help="Checkpoint id (default: current).")
 @click.option("--merged", is_flag=True,
               help="Write a whole Hugging Face model with the adapter merged in, instead of the adapter alone.")
+@click.option("--vllm", "for_vllm", is_flag=True,
+              help="Refuse an adapter vLLM would reject (rank over --max-lora-rank, modules_to_save, DoRA, "
+                   "biases) instead of only warning.")
+@click.option("--max-lora-rank", default=16, show_default=True, type=click.IntRange(1),
+              help="The --max-lora-rank your vLLM server runs with (vLLM's default is 16).")
 @json_option
 @click.pass_obj
-def export(obj, target: Path, checkpoint_id: str | None, merged: bool, as_json: bool):
+def export(obj, target: Path, checkpoint_id: str | None, merged: bool, for_vllm: bool, max_lora_rank: int,
+           as_json: bool):
     """Export a checkpoint: a LoRA checkpoint as a PEFT adapter directory, a full one (or any with
     --merged) as a Hugging Face model directory, both in safetensors, loadable by transformers,
-    peft and vLLM as they are. Verified first; written atomically."""
+    peft and vLLM as they are. Verified first; written atomically. An adapter vLLM would reject is
+    named with the reason (a warning; an error with --vllm)."""
     from dreamd.trainers.atomic import publish_dir, staging_dir
     from dreamd.trainers.checkpoints.manifest import CheckpointError, checkpoint_dir
     from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, verify_loadable
@@ -109,6 +116,15 @@ def export(obj, target: Path, checkpoint_id: str | None, merged: bool, as_json: 
     if manifest is not None and manifest.mode == "lora" and manifest.base_weights and not merged:
         raise ExportError(f"{wanted} is an adapter on top of full-weight checkpoint {manifest.base_weights}; "
                           "an adapter alone would not reproduce it: use --merged")
+    vllm_problems = []
+    if manifest is not None and manifest.mode == "lora" and not merged:
+        from dreamd.daemon.serve.vllm import adapter_dir_problems
+
+        vllm_problems = adapter_dir_problems(checkpoint_dir(layout.checkpoints, wanted) / "adapter", max_lora_rank)
+        if vllm_problems and for_vllm:
+            raise ExportError(f"vLLM would reject the adapter of {wanted}: " + "; ".join(vllm_problems))
+        for problem in vllm_problems:
+            click.echo(f"warning: vLLM would reject this adapter: {problem}", err=True)
 
     if target.exists():
         target.rmdir()  # empty: staging and rename put the export in its place
@@ -126,15 +142,12 @@ def export(obj, target: Path, checkpoint_id: str | None, merged: bool, as_json: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     publish_dir(tmp, target)
-    emit({"exported": wanted, "kind": kind, "to": str(target.absolute())}, as_json)
+    emit({"exported": wanted, "kind": kind, "to": str(target.absolute()), "vllm_problems": vllm_problems}, as_json)
 
 
 def _write_merged(config, layout, checkpoint_id: str, out: Path) -> None:
     from dreamd.trainers.checkpoints.weights import load_as
 
-    loaded = load_as(config.model, layout.models, layout, checkpoint_id)
-    model = loaded.model
-    if hasattr(model, "merge_and_unload"):  # a peft model: fold the adapter into the weights
-        model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
+    loaded = load_as(config.model, layout.models, layout, checkpoint_id)  # a LoRA adapter comes merged
+    loaded.model.save_pretrained(out, safe_serialization=True)
     loaded.tokenizer.save_pretrained(out)
