@@ -75,5 +75,7 @@ install:
 	test -e $(CONFDIR)/dreamd.toml || install -D -m 0640 -o root -g dreamd systemd/dreamd.example.toml $(CONFDIR)/dreamd.toml
 	sed 's#^ExecStart=.*#ExecStart=$(BINDIR)/dreamd#' systemd/dreamd.service > $(UNITDIR)/dreamd.service
 	chmod 0644 $(UNITDIR)/dreamd.service
+	sed 's#^ExecStart=.*#ExecStart=$(BINDIR)/dreamd serve#' systemd/dreamd-serve.service > $(UNITDIR)/dreamd-serve.service
+	chmod 0644 $(UNITDIR)/dreamd-serve.service
 	systemctl daemon-reload
-	@echo "installed; start it with: systemctl enable --now dreamd"
+	@echo "installed; start it with: systemctl enable --now dreamd (and dreamd-serve for the OpenAI-compatible server)"

@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 EXIT_ALREADY_RUNNING = 3
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @state_dir_option
 @click.option("--check-config", is_flag=True, help="Validate the config, print it resolved, and exit.")
 @click.option("--stages", "stages_spec", default=None, hidden=True,
               help="module:factory returning the Stages to run (tests and experiments).")
-def main(config_path: str | None, state_dir: str | None, check_config: bool, stages_spec: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, state_dir: str | None, check_config: bool,
+         stages_spec: str | None) -> None:
     """The dreamd service: ingests conversation logs from the inbox into a memory graph, dreams
     over it, trains on the dreams worth keeping, and promotes a new checkpoint only when it passes
     the quality gate.
@@ -38,7 +40,12 @@ def main(config_path: str | None, state_dir: str | None, check_config: bool, sta
     Logs are JSON lines on stderr (journald keeps them as they are) and in
     <state>/logs/dreamd.log. Exit codes: 0 clean stop, 1 failure (or a step that could not be
     stopped in time), 2 invalid configuration, 3 another dreamd already runs on this state dir.
+
+    `dreamd serve` runs the OpenAI-compatible server instead (a second process beside this one).
     """
+    if ctx.invoked_subcommand is not None:  # `dreamd serve`: its own process, options passed on
+        ctx.obj = {"config_path": config_path, "state_dir": state_dir}
+        return
     config = read_config(config_path)
     configure_logging("json", config.logging.level)
     if check_config:
@@ -82,6 +89,10 @@ def load_stages(spec: str | None) -> Stages:
         raise TypeError(f"{spec} returned {type(stages).__name__}, not Stages")
     return stages
 
+
+from dreamd.daemon.cli.serve import serve_cmd  # noqa: E402  (added to `main`, defined above)
+
+main.add_command(serve_cmd)
 
 if __name__ == "__main__":  # `python -m dreamd.daemon.cli.dreamd`, where no `dreamd` script is installed
     main()
