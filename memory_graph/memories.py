@@ -132,33 +132,61 @@ def structural_edges(chain: list[int], settings: GraphSettings, new_from: int = 
     return edges
 
 
-def knn_edges(
-    query_ids: np.ndarray,
+def nearest_others(
     query_vectors: np.ndarray,
     query_conversations: np.ndarray,
-    all_ids: np.ndarray,
-    all_vectors: np.ndarray,
-    all_conversations: np.ndarray,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    conversations: np.ndarray,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact scan: each query's `count` most similar rows from *other* conversations (cosine of
+    unit vectors), as (ids, similarities), both (queries, count), best first, padded with -1 and -inf.
+    A query among the rows is never its own neighbour: it shares its conversation."""
+    found = np.full((len(query_vectors), count), -1, dtype=np.int64)
+    similar = np.full((len(query_vectors), count), -np.inf, dtype=np.float32)
+    if not count or not len(ids) or not len(query_vectors):
+        return found, similar
+    take = min(count, len(ids))
+    rows = max(1, min(1024, (1 << 23) // len(ids)))  # bounds the similarity matrices' memory (~100 MB)
+    for start in range(0, len(query_vectors), rows):
+        block = slice(start, start + rows)
+        similarity = query_vectors[block] @ vectors.T
+        similarity[query_conversations[block, None] == conversations[None, :]] = -np.inf
+        # Equal similarities (duplicate texts) go to the older memory, as in knn_pairs: a nudge far
+        # below float32's resolution, so the exact scan and the index choose the same ones.
+        key = similarity.astype(np.float64) - ids[None, :] * 1e-15
+        best = np.argpartition(-key, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(key, best, axis=1), axis=1)
+        best = np.take_along_axis(best, order, axis=1)
+        values = np.take_along_axis(similarity, best, axis=1)
+        found[block, :take] = np.where(np.isfinite(values), ids[best], -1)
+        similar[block, :take] = values
+    return found, similar
+
+
+def knn_pairs(
+    query_ids: np.ndarray,
+    candidates: list[tuple[np.ndarray, np.ndarray]],
     k: int,
     min_similarity: float,
 ) -> list[tuple[int, int, str, float]]:
-    """Each query node's k most similar nodes from *other* conversations (cosine of unit vectors),
-    at least `min_similarity`. Pairs come back once, as (smaller id, larger id)."""
-    if k == 0 or not len(query_ids) or not len(all_ids):
+    """Semantic edges from each query's candidate neighbours, gathered from disjoint sets of
+    memories (stored, committed meanwhile, this file's own): the top k of a union is the top k of
+    the parts' top k. Kept if at least `min_similarity`; pairs come back once, (smaller, larger)."""
+    if k == 0 or not len(query_ids) or not candidates:
         return []
+    ids = np.concatenate([c[0] for c in candidates], axis=1)
+    similar = np.concatenate([c[1] for c in candidates], axis=1)
+    order = np.lexsort((ids, -similar), axis=1)[:, :k]  # ties go to the older memory, whichever path found them
     pairs: dict[tuple[int, int], float] = {}
-    for start in range(0, len(query_ids), 1024):  # bounds the similarity matrix's memory
-        block = slice(start, start + 1024)
-        similarity = query_vectors[block] @ all_vectors.T
-        similarity[query_conversations[block, None] == all_conversations[None, :]] = -np.inf
-        take = min(k, similarity.shape[1])
-        best = np.argpartition(-similarity, take - 1, axis=1)[:, :take]
-        for row, columns in enumerate(best):
-            for column in columns:
-                value = float(similarity[row, column])
-                if value >= min_similarity and np.isfinite(value):
-                    a, b = int(query_ids[start + row]), int(all_ids[column])
-                    pair = (a, b) if a < b else (b, a)
-                    pairs[pair] = max(value, pairs.get(pair, value))
+    for row, columns in enumerate(order):
+        for column in columns:
+            value, other = float(similar[row, column]), int(ids[row, column])
+            if other < 0 or not np.isfinite(value) or value < min_similarity:
+                continue
+            a = int(query_ids[row])
+            pair = (a, other) if a < other else (other, a)
+            pairs[pair] = max(value, pairs.get(pair, value))
     # A weight must be positive; similarities at or below zero only pass with min_similarity <= 0.
     return [(a, b, "semantic", max(w, 1e-6)) for (a, b), w in pairs.items()]

@@ -3,8 +3,10 @@
 Walks are batched: many walkers advance together, one vectorised numpy step at a time, so the
 cost per step is a few array operations shared by every walker instead of a Python-level
 neighbour lookup per walker. A weighted neighbour is drawn by inverse-CDF: one global cumulative
-sum over all edge weights (rows are contiguous in CSR, so each row is a slice of it), and a single
-`searchsorted` for all walkers at once.
+sum over all edge weights (rows are contiguous in CSR, so each row is a slice of it), and one
+binary search for all walkers at once, each kept inside its own row: a few steps over nearby
+slots, so a step costs the same at a million memories as at a thousand (a search over the whole
+array misses the cache at every level once it outgrows it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class CSR:
     cumulative: np.ndarray  # float64, running sum of weights over all slots
     row_start: np.ndarray  # float64, cumulative weight before each row
     row_total: np.ndarray  # float64, each row's total weight (0 for an isolated node)
+    search_steps: int = 0  # halvings that narrow the longest row to one slot
 
     @property
     def nodes(self) -> int:
@@ -54,7 +57,9 @@ class CSR:
         padded = np.concatenate([[0.0], cumulative])
         row_start = padded[indptr[:-1]]
         row_total = padded[indptr[1:]] - row_start
-        return cls(indptr, matrix.indices.astype(np.int64), cumulative, row_start, row_total)
+        longest = int(np.diff(indptr).max(initial=0))
+        return cls(indptr, matrix.indices.astype(np.int64), cumulative, row_start, row_total,
+                   max(longest - 1, 0).bit_length())
 
 
 def walk(csr: CSR, starts: np.ndarray, steps: int, restart: float, rng: np.random.Generator) -> np.ndarray:
@@ -64,15 +69,18 @@ def walk(csr: CSR, starts: np.ndarray, steps: int, restart: float, rng: np.rando
     path = np.empty((len(starts), steps + 1), dtype=np.int64)
     path[:, 0] = starts
     current = starts.copy()
-    last_slot = csr.indptr[1:] - 1
     for step in range(1, steps + 1):
         draws = rng.random((2, len(current)))
         total = csr.row_total[current]
         targets = csr.row_start[current] + draws[0] * total
-        slot = np.searchsorted(csr.cumulative, targets, side="right")
-        # Rounding can land one slot past a row's end; clamp into the row.
-        slot = np.minimum(slot, last_slot[current])
-        nxt = csr.indices[np.maximum(slot, 0)]
+        # The first slot of the row whose running sum passes the target (searchsorted's "right"),
+        # or the row's last slot when rounding leaves none: the same draw as a global search.
+        low, high = csr.indptr[current], np.maximum(csr.indptr[current + 1] - 1, csr.indptr[current])
+        for _ in range(csr.search_steps):
+            middle = (low + high) // 2
+            right = csr.cumulative[np.minimum(middle, csr.slots - 1)] <= targets
+            low, high = np.where(right, middle + 1, low), np.where(right, high, middle)
+        nxt = csr.indices[np.minimum(low, max(csr.slots - 1, 0))]
         jump = (draws[1] < restart) | (total <= 0)
         current = np.where(jump, starts, nxt)
         path[:, step] = current

@@ -3,6 +3,13 @@
 Inside the transaction the file's sha256 and its messages' hashes are checked again: another
 ingester may have committed them since they were planned. Such a clash rolls everything back and
 says why (`Duplicate`, `Conflict`), so UNIQUE hashes never have to be relied on to fail midway.
+
+The semantic neighbours are searched *before* the transaction (the index, or the exact scan of a
+small graph), so the write lock is held for the inserts only. Another process may commit memories
+between that search and our BEGIN IMMEDIATE: the refresh inside the transaction takes them in
+(they are exactly the ids above what the search saw), they are scanned exactly, and each new
+memory keeps the best k of the three disjoint candidate sets (searched, committed meanwhile, this
+file's own): the same edges as one search inside the transaction would have found.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from sqlite_utils import Database
 
 from dreamd.memory_graph.database.store import vector_blob, write
 from dreamd.memory_graph.graph import MemoryGraph
-from dreamd.memory_graph.memories import knn_edges, structural_edges
+from dreamd.memory_graph.memories import knn_pairs, nearest_others, structural_edges
 from dreamd.memory_graph.settings import GraphSettings
 
 
@@ -38,6 +45,10 @@ class Written:
 
 def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray, settings: GraphSettings,
                 model: str) -> Written:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    graph.refresh(db)  # outside any transaction: what other processes committed, so the search sees it
+    searched = graph.nearest(db, vectors, _planned_conversations(db, prepared), settings.knn_k) \
+        if settings.knn_k and len(prepared.nodes) else None
     with write(db):
         first = db.execute("SELECT name FROM sources WHERE sha256 = ?", (prepared.sha256,)).fetchone()
         if first is not None:
@@ -48,7 +59,7 @@ def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray,
             if db.execute(f"SELECT 1 FROM messages WHERE sha256 IN ({','.join('?' * len(chunk))}) LIMIT 1",
                           chunk).fetchone():
                 raise Conflict()
-        graph.refresh(db)  # what other processes committed: kNN must see it, and ids go on from it
+        meanwhile = graph.refresh(db)  # committed by others since the search; ids go on from them
         parsed = prepared.parsed
         source_id = db.execute(
             "INSERT INTO sources (sha256, name, format, bytes, conversations, messages, duplicate_messages, skipped, "
@@ -96,20 +107,20 @@ def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray,
                 chain.append(node_id)
             edges += structural_edges(chain, settings, new_from=len(tail))
 
-        if nodes:
+        if nodes and searched is not None:
             ids = np.array([n for n, _ in nodes], dtype=np.int64)
             conversations = np.array([c for _, c in nodes], dtype=np.int64)
-            vectors = np.asarray(vectors, dtype=np.float32)
-            edges += knn_edges(
-                ids, vectors, conversations,
-                np.concatenate([np.asarray(graph.ids, dtype=np.int64), ids]),
-                np.concatenate([graph.vectors, vectors]) if len(graph.ids) else vectors,
-                np.concatenate([graph.conversations, conversations]),
-                settings.knn_k, settings.min_similarity,
-            )
+            count = settings.knn_k
+            candidates = [searched, nearest_others(vectors, conversations, ids, vectors, conversations, count)]
+            if len(meanwhile.ids):
+                candidates.append(nearest_others(vectors, conversations, meanwhile.ids, meanwhile.vectors,
+                                                 meanwhile.conversations, count))
+            edges += knn_pairs(ids, candidates, count, settings.min_similarity)
         db.conn.executemany("INSERT OR IGNORE INTO edges (src, dst, kind, weight) VALUES (?, ?, ?, ?)",
                             [(a, b, k, w) if a < b else (b, a, k, w) for a, b, k, w in edges])
-        return Written(len(shas), nodes, edges)
+    written = Written(len(shas), nodes, edges)
+    graph.add(written.nodes, vectors, written.edges)  # at once, so no later refresh can skip past them
+    return written
 
 
 def _conversation_id(db: Database, conversation, source_id: int) -> int:
@@ -118,3 +129,16 @@ def _conversation_id(db: Database, conversation, source_id: int) -> int:
         (conversation.key, source_id, conversation.external_id, conversation.title, conversation.position),
     )
     return db.execute("SELECT id FROM conversations WHERE key = ?", (conversation.key,)).fetchone()[0]
+
+
+def _planned_conversations(db: Database, prepared) -> np.ndarray:
+    """Each planned node's conversation id where the conversation is stored already (a re-export's
+    new turns), else a negative stand-in: a conversation stored by nobody has no memories to exclude."""
+    keys = [c.key for c in prepared.conversations]
+    stored: dict[str, int] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        stored.update(db.execute(f"SELECT key, id FROM conversations WHERE key IN ({','.join('?' * len(chunk))})",
+                                 chunk).fetchall())
+    return np.array([stored.get(keys[node.conversation], -1 - node.conversation) for node in prepared.nodes],
+                    dtype=np.int64)

@@ -262,7 +262,7 @@ def explore(config: Config, layout: StateLayout, say: Say) -> tuple[dict, str | 
     memory = None
     if stats["nodes"]:
         scores = graph.vectors @ Embedder(config.embedder).encode([QUESTION])[0]
-        node_id = graph.ids[int(np.argmax(scores))]
+        node_id = int(graph.ids[int(np.argmax(scores))])
         memory = db.execute("SELECT text FROM memory_nodes WHERE id = ?", (node_id,)).fetchone()[0]
     db.conn.close()
     return summary, memory

@@ -82,3 +82,25 @@ def test_no_collision_when_nothing_distinct_is_reachable():
     cut = CSR.from_edges(10, np.array([0, 1, 2, 3, 5]), np.array([1, 2, 3, 4, 6]), np.ones(5))
     assert draw_collision(cut, vectors, conversations, 2, np.random.default_rng(0), size=2, walkers=16,
                           steps=16, restart=0.1, max_similarity=0.5) is None
+
+
+def test_the_in_row_search_draws_what_a_global_search_draws():
+    """walk() searches each walker's own row; the plain inverse-CDF over the whole cumulative array
+    must pick the very same slots (isolated nodes, heavy rows and tiny weights included)."""
+    rng = np.random.default_rng(9)
+    n = 500
+    src, dst = rng.integers(0, n - 20, 4000), rng.integers(0, n - 20, 4000)  # the last 20 stay isolated
+    src[:300] = 7  # one heavy row
+    keep = src != dst
+    csr = CSR.from_edges(n, src[keep], dst[keep], rng.random(keep.sum()) ** 4 + 1e-9)
+    starts = rng.integers(0, n, 256)
+    ours = walk(csr, starts, 40, 0.1, np.random.default_rng(3))
+
+    draws_rng, current = np.random.default_rng(3), starts.copy()
+    for step in range(1, 41):
+        draws = draws_rng.random((2, len(current)))
+        total = csr.row_total[current]
+        slot = np.searchsorted(csr.cumulative, csr.row_start[current] + draws[0] * total, side="right")
+        slot = np.minimum(slot, csr.indptr[current + 1] - 1)
+        current = np.where((draws[1] < 0.1) | (total <= 0), starts, csr.indices[np.maximum(slot, 0)])
+        assert (ours[:, step] == current).all()
