@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
+from dreamd.daemon.serve.settings import ServeSettings
 from dreamd.daemon.service.settings import DaemonSettings, LoggingSettings
 from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
 from dreamd.trainers.settings import EvalSettings, GateSettings, ModelSettings, TrainingSettings, help_of
@@ -55,6 +56,7 @@ class Config:
     gate: GateSettings = field(default_factory=GateSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     source: Path | None = field(default=None, compare=False)
 
     def sections(self) -> dict[str, Any]:

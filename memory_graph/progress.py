@@ -1,4 +1,8 @@
-"""Progress through a backlog: structured log lines for the daemon; the CLI brings its own bar."""
+"""Progress through a backlog: structured log lines for the daemon; the CLI brings its own bar.
+
+`working_on` is called whenever the ingester turns to the next file (or batch): it is what the
+daemon's watchdog watches, so a file that hangs shows as a stage that stopped making progress.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ log = structlog.get_logger("dreamd.ingest")
 
 class Progress(Protocol):
     def start(self, files: int) -> None: ...
+    def working_on(self, what: str) -> None: ...
     def advance(self, files: int, messages: int = 0) -> None: ...
     def finish(self, report) -> None: ...
 
@@ -23,12 +28,16 @@ class LogProgress:
         self.every, self.clock = every, clock
         self.total = self.done = self.messages = 0
         self.started = self.last = 0.0
+        self.current = ""
 
     def start(self, files: int) -> None:
         self.total, self.started = files, self.clock()
         self.last = self.started
         if files:
             log.info("ingest.start", files=files)
+
+    def working_on(self, what: str) -> None:
+        self.current = what
 
     def advance(self, files: int, messages: int = 0) -> None:
         self.done += files

@@ -22,6 +22,7 @@ import torch
 from dreamd.trainers.checkpoints import weights as io
 from dreamd.trainers.checkpoints.manifest import Manifest, checkpoint_dir, new_checkpoint_id, write_checkpoint
 from dreamd.trainers.checkpoints.pointers import BASE, CheckpointRoots, apply_retention, verify_loadable
+from dreamd.trainers.checkpoints.space import checkpoint_bytes_needed, require_free_space
 from dreamd.trainers.context_frozen import loss_step
 from dreamd.trainers.examples import EncodedExample, TrainingExample, encode_examples
 from dreamd.trainers.model_store import LoadedModel
@@ -171,6 +172,10 @@ def start_trainer(
     return trainer
 
 
+def parameter_bytes(parameters) -> int:
+    return sum(p.numel() * p.element_size() for p in parameters)
+
+
 def train_round(
     loaded: LoadedModel,
     examples: list[TrainingExample],
@@ -187,6 +192,11 @@ def train_round(
     transformers_logging.disable_progress_bar()  # a daemon's journal needs no progress bars
     trainer = start_trainer(loaded, settings, layout, parent_id)
     trainer.loss_fn = loss_fn
+    # Refuse now, not after the training, a round whose checkpoint would not fit on the disk.
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    require_free_space(layout.checkpoints, checkpoint_bytes_needed(
+        layout.checkpoints, settings.mode, parameter_bytes(p for _n, p in trainable_parameters(trainer.model)),
+        parameter_bytes(trainer.model.parameters())))
     encoded = encode_examples(loaded.tokenizer, examples, settings.max_context_tokens)
     trainer.run(encoded, on_step=on_step)
     checkpoint_id = trainer.save(layout, on_phase=on_phase)

@@ -20,6 +20,9 @@ class BarProgress:
                                      show_pos=True)
         self.bar.__enter__()
 
+    def working_on(self, what: str) -> None:
+        pass
+
     def advance(self, files: int, messages: int = 0) -> None:
         self.bar.update(files)
 
@@ -36,35 +39,48 @@ class BarProgress:
 def ingest_cmd(obj, files: tuple[Path, ...], now: bool, as_json: bool):
     """Drop conversation log FILES into the inbox (copied into inbox/tmp/, then renamed into
     inbox/new/, so the daemon never sees half a file)."""
-    from dreamd.memory_graph.inbox import Inbox
+    from dreamd.memory_graph.inbox import DropError, Inbox
 
     config = obj.config()
     layout = obj.layout().ensure()
     inbox = Inbox(layout.inbox, config.inbox)
-    dropped = [inbox.drop(path) for path in files]
-    result: dict = {"dropped": [str(p) for p in dropped]}
+    dropped, failed = [], []
+    for path in files:  # one file that cannot be dropped (a FIFO, a full disk) does not stop the rest
+        try:
+            dropped.append(inbox.drop(path))
+        except DropError as exc:
+            failed.append(str(exc))
+            click.echo(f"error: {exc}", err=True)
+    if failed and not dropped:
+        raise click.ClickException(f"nothing dropped ({len(failed)} failed)")
+    result: dict = {"dropped": [str(p) for p in dropped], "failed": failed}
     if now:
         from dreamd.memory_graph.embedder import Embedder, EmbedderLoadError  # torch: imported only when needed
-        from dreamd.memory_graph.ingest import Ingester
+        from dreamd.memory_graph.ingest import DiskFull, Ingester
 
         try:
             embedder = Embedder(config.embedder)
         except EmbedderLoadError as exc:
             raise ConfigProblem(exc) from None
         ingester = Ingester(layout.inbox, layout.database, embedder, config.inbox, config.graph)
-        report = ingester.drain(progress=None if as_json else BarProgress(),
-                                trusted=frozenset(p.name for p in dropped))
+        try:
+            report = ingester.drain(progress=None if as_json else BarProgress(),
+                                    trusted=frozenset(p.name for p in dropped))
+        except DiskFull as exc:
+            raise click.ClickException(f"{exc}; the dropped files wait in the inbox") from None
         result.update({k: v for k, v in report.to_dict().items() if k != "outcomes"})
         result["files_detail"] = report.outcomes
         result["graph"] = ingester.graph.stats()
     if as_json:
         echo_json(result)
-        return
-    for path in dropped:
-        click.echo(f"dropped {path}")
-    if now:
-        for outcome in result["files_detail"]:
-            detail = {k: v for k, v in outcome.items() if k not in ("file", "status")}
-            click.echo(f"{outcome['status']:<12} {outcome['file']}  {detail}")
-        click.echo(f"messages {result['messages']} (duplicates {result['duplicate_messages']}), "
-                   f"memories {result['nodes']}, edges {result['edges']}, in {result['seconds']:.1f} s")
+    else:
+        for path in dropped:
+            click.echo(f"dropped {path}")
+        if now:
+            for outcome in result["files_detail"]:
+                detail = {k: v for k, v in outcome.items() if k not in ("file", "status")}
+                click.echo(f"{outcome['status']:<12} {outcome['file']}  {detail}")
+            click.echo(f"messages {result['messages']} (duplicates {result['duplicate_messages']}), "
+                       f"memories {result['nodes']}, edges {result['edges']}, in {result['seconds']:.1f} s")
+    if failed:
+        raise SystemExit(1)  # some files were not dropped: said above, on stderr

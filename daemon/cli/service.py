@@ -107,10 +107,23 @@ def _status_rows(d: dict[str, Any]) -> list[tuple[str, Any]]:
          if cycle else None),
         ("last error", f"{error.get('where')}: {error.get('error')}" if error else None),
         ("database", d["database"]),
+        ("server", _server(d.get("server"))),
     ]
+    rows += [(f"stage {name}", f"{'STALLED, ' if st.get('stalled') else ''}{st.get('detail')}; "
+              f"last progress {st.get('idle_s')} s ago") for name, st in sorted((d.get("stages") or {}).items())]
     rows += [(f"next {job}", when) for job, when in sorted((d.get("next_runs") or {}).items())]
     rows.append(("state dir", d["state_dir"]))
     return rows
+
+
+def _server(server: dict[str, Any] | None) -> str | None:
+    """`dreamd serve`: running or not, where, which checkpoint, how much it has done."""
+    if not server:
+        return None
+    if server.get("state") != "serving":
+        return f"stopped (last at {server.get('address')})"
+    return (f"serving {server.get('checkpoint')} at {server.get('address')}, requests {server.get('requests_served')}, "
+            f"conversations logged {_n(server.get('conversations_logged'))}")
 
 
 def _evaluation(summary: dict[str, Any] | None) -> str | None:

@@ -2,7 +2,8 @@
 changes when a stage does, and tests can run the real daemon on scripted fakes
 (`dreamd --stages tests.helpers.service_fakes:build`).
 
-- `ingest(config, layout) -> dict` runs in the daemon: loop/ingest.py.
+- `ingest(config, layout, progress=None) -> dict` runs in the daemon: loop/ingest.py; `progress`
+  hears of every file it turns to (the watchdog's view of a stage that hangs).
 - `cycle(config_dict, state_root) -> dict` and `reevaluate(config_dict, state_root) -> dict` run
   in a child process (daemon/service/child.py): module-level functions, which spawn pickles by
   reference. The default ones below only import loop/cycle.py once in the child: the daemon holds
@@ -15,11 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dreamd.daemon.config import Config
 from dreamd.daemon.loop.ingest import inbox_ingest
-from dreamd.daemon.service.state_dir import StateLayout
 
-IngestFn = Callable[[Config, StateLayout], dict[str, Any]]
+IngestFn = Callable[..., dict[str, Any]]  # (config: Config, layout: StateLayout, progress=None)
 ChildJobFn = Callable[[dict[str, Any], str], dict[str, Any]]
 
 

@@ -38,6 +38,7 @@ from dreamd.daemon.dreaming.training_set import mark_trained, training_set
 from dreamd.daemon.gate.history import record_training_round
 from dreamd.daemon.gate.judge import apply_judgement, judge_candidate, recheck_current
 from dreamd.daemon.gate.suite import held_out_nodes
+from dreamd.daemon.service.child import report_progress
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.embedder import Embedder
@@ -137,11 +138,17 @@ def train_candidate(settings: Config, layout: StateLayout, db: Database,
                     examples: list[TrainingExample]) -> dict[str, Any]:
     """One context-frozen round from `current` -> a candidate checkpoint. The round (with its loss
     per step) is recorded for `dreamctl report`; returns the training step's result."""
+
     parent = read_pointer(layout, "current")
     losses: list[float] = []
+
+    def on_step(index: int, loss: float) -> None:
+        losses.append(loss)
+        report_progress(f"training step {index}")  # a long round that logs nothing is not a hung one
+
     started = time.time()
     candidate = train_round(load_model(settings.model, layout.models), examples, settings.training, layout,
-                            parent_id=parent, on_step=lambda _index, result: losses.append(result.loss))
+                            parent_id=parent, on_step=lambda index, result: on_step(index, result.loss))
     dream_examples = sum(e.id.startswith("dream:") for e in examples)
     anchor_examples = sum(e.id.startswith("anchor:") for e in examples)
     record_training_round(db, checkpoint=candidate, parent=parent, mode=settings.training.mode, started_at=started,

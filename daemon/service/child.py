@@ -14,11 +14,16 @@ the child, never in the daemon, as long as the daemon only holds the function of
 
 The child asks the kernel to kill it if the daemon dies (PR_SET_PDEATHSIG): a SIGKILLed daemon
 must not leave an orphan training run behind that a restarted daemon would race.
+
+Progress: every log line the child writes (its own events and its libraries'), and every
+`report_progress` call, is also sent to the daemon (at most one a second) as ("progress", what),
+so the daemon's watchdog can tell a long step that moves from one that hangs.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -37,6 +42,45 @@ log = structlog.get_logger("dreamd.child")
 
 PR_SET_PDEATHSIG = 1
 TERM_GRACE = 5.0  # after SIGTERM, seconds before SIGKILL
+PROGRESS_EVERY = 1.0  # seconds between progress messages sent to the daemon
+
+
+class _ToDaemon:
+    """The child's end of the pipe, shared by the threads that log and the final result."""
+
+    def __init__(self, conn):
+        self.conn, self.lock, self.last = conn, threading.Lock(), 0.0
+
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+    def progress(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY:
+            return
+        self.last = now
+        try:
+            self.send(("progress", what[:160]))
+        except (OSError, ValueError):  # the daemon is gone or closed its end: nothing to tell
+            pass
+
+
+_to_daemon: _ToDaemon | None = None  # set in the child only
+
+
+def report_progress(what: str) -> None:
+    """Tell the daemon this child still makes progress (a no-op outside a daemon's child)."""
+    if _to_daemon is not None:
+        _to_daemon.progress(what)
+
+
+class _ProgressHandler(logging.Handler):
+    """Every log record the child writes counts as progress."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = record.msg.get("event") if isinstance(record.msg, dict) else record.getMessage()
+        report_progress(str(event))
 
 
 @dataclass
@@ -78,12 +122,15 @@ def _child_main(target: ChildTarget, args: tuple, conn, parent_pid: int, log_lev
             also_log_to_file(Path(log_path), rotate=False)
         except OSError as exc:  # no log folder (a daemon without one): stderr still has it all
             structlog.get_logger("dreamd.child").warning("cannot write the log file", path=log_path, error=str(exc))
+    global _to_daemon
+    _to_daemon = _ToDaemon(conn)
+    logging.getLogger().addHandler(_ProgressHandler())
     try:
         result = target(*args)
-        conn.send(("ok", result if isinstance(result, dict) else {"value": result}))
+        _to_daemon.send(("ok", result if isinstance(result, dict) else {"value": result}))
     except BaseException as exc:  # report everything, including SystemExit from a stage
-        conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip(),
-                   traceback.format_exc()))
+        _to_daemon.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                         traceback.format_exc()))
     finally:
         conn.close()
 
@@ -97,6 +144,7 @@ def run_in_child(
     on_start: Callable[[int], None] | None = None,
     abort: threading.Event | None = None,
     log_path: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ChildOutcome:
     """Run `target(*args)` in a spawned child and wait for its dict result.
 
@@ -104,6 +152,7 @@ def run_in_child(
     sent SIGTERM, and SIGKILL TERM_GRACE seconds later, and the outcome is "abandoned". `abort`
     does the same without the wait (a rollback must not wait for a cycle to finish). Stages
     write with rename-into-place, so an abandoned step leaves nothing half-written behind.
+    `on_progress(what)` is called for each progress message the child sends.
     """
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
@@ -124,6 +173,11 @@ def run_in_child(
                 message = receiver.recv()
             except EOFError:
                 message = None
+            if message and message[0] == "progress":
+                if on_progress:
+                    on_progress(message[1])
+                message = None
+                continue
             break
         if process.sentinel in ready:
             break

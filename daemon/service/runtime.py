@@ -4,7 +4,11 @@ Threads: the main thread only sleeps, handles signals, checks health and pings t
 scheduler's pool runs the jobs (a dream cycle waits there on its child process); the control
 server answers dreamctl. Start-up order matters: the instance lock first (nothing may touch the
 state dir before we know we are alone), then the database, the control socket, the scheduler
-(whose first job is the inbox rescan), and READY=1 only after that rescan.
+(whose first job is the inbox rescan), and READY=1 after that rescan, or after READY_WAIT seconds
+of it: a large backlog goes on after READY (status shows it), so it cannot time out the start.
+
+Health, for the watchdog, and when READY=1 is due: health.py. A dream cycle due while one runs
+becomes one catch-up run after it. The control commands (dreamctl's side): commands.py.
 
 Stopping (SIGTERM/SIGINT): STOPPING=1, the scheduler takes no new runs, mutating commands are
 refused, a running child gets `stop_timeout_seconds` to finish and is then abandoned, the jobs are
@@ -27,13 +31,15 @@ from typing import Any
 import structlog
 
 from dreamd.daemon.config import Config, ConfigError, load_config
-from dreamd.daemon.gate.history import roll_back
 from dreamd.daemon.loop import Stages
 from dreamd.daemon.service import scheduler as jobs
 from dreamd.daemon.service.child import ChildTarget
-from dreamd.daemon.service.control import ControlError, ControlServer, peer_allowed, user_label
+from dreamd.daemon.service.commands import handle_command
+from dreamd.daemon.service.control import ControlServer, peer_allowed
+from dreamd.daemon.service.health import IDLE_TICK, READY_WAIT, Health, Readiness
 from dreamd.daemon.service.instance_lock import InstanceLock
-from dreamd.daemon.service.jobs import ChildJobs, ChildrenBusy
+from dreamd.daemon.service.jobs import ChildJobs
+from dreamd.daemon.service.liveness import Liveness, StageProgress
 from dreamd.daemon.service.logs import also_log_to_file, configure_logging
 from dreamd.daemon.service.sd_notify import Notifier, watchdog_interval
 from dreamd.daemon.service.state import (
@@ -42,18 +48,16 @@ from dreamd.daemon.service.state import (
     log_file,
     read_pause,
     service_file,
-    set_pause,
     write_json_atomic,
 )
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.daemon.service.status import collect_status, status_line
 from dreamd.memory_graph.database.store import open_store
-from dreamd.trainers.checkpoints.manifest import CheckpointError
-from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, verify_loadable
+from dreamd.memory_graph.progress import LogProgress
 
 log = structlog.get_logger("dreamd.service")
 
-IDLE_TICK = 30.0  # main loop wake-up when systemd wants no watchdog pings
+INGEST = "ingest"  # the ingest's stage name in liveness and status
 
 
 class Service:
@@ -66,19 +70,19 @@ class Service:
         self.notifier = notifier or Notifier()
         self.lock = InstanceLock(layout.lock_file)
         self.watchdog_every = watchdog_interval()
-        self.heartbeat_every = min(self.watchdog_every or 10.0, 10.0)
+        self.health = Health(heartbeat_every=min(self.watchdog_every or 10.0, 10.0))
+        self.readiness = Readiness()
         self.started = time.time()
         self.stopping = threading.Event()  # no new work; children get their stop timeout
         self._wake = threading.Event()  # main loop: a signal or the first scan arrived
         self._reload_requested = False
-        self._ready = False
-        self._first_scan_done = threading.Event()
+        self.liveness = Liveness()
+        self.dream_runs = jobs.Coalesced()  # a cycle due while one runs: one catch-up after it
         self._state_lock = threading.Lock()
         self._busy: dict[str, float] = {}  # job id -> start time, while it runs
         self.children = ChildJobs()  # the cycle's and re-evaluation's child processes
         self._inbox_mtime: int | None = None
         self._new_messages = 0
-        self._last_heartbeat = time.monotonic()
         self.last_error: dict[str, Any] | None = None
         self.last_cycle: dict[str, Any] | None = None
         self.last_gate_decision: Any = None
@@ -106,7 +110,8 @@ class Service:
             self._inbox_mtime = self._inbox_new_mtime()
             self.scheduler = jobs.build_scheduler(self._specs(), self._job_functions())
             self.scheduler.start()
-            self._save_state()
+            self.readiness.scheduler_started()
+            self.save_state()
             log.info("dreamd started", pid=os.getpid(), state_dir=str(self.layout.root),
                      watchdog_every=self.watchdog_every, socket=str(socket_path))
             self._main_loop()
@@ -117,17 +122,16 @@ class Service:
     def _main_loop(self) -> None:
         tick = self.watchdog_every or IDLE_TICK
         while not self.stopping.is_set():
-            if not self._ready and self._first_scan_done.is_set():
-                self._ready = True
+            if self.readiness.becomes_ready():
                 self.notifier.ready(self.summary())
-                log.info("ready")
+                log.info("ready", first_scan_done=self.readiness.first_scan_done.is_set())
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
             if self.healthy() and self.watchdog_every:
                 self.notifier.watchdog()
             self.notifier.status(self.summary())
-            self._wake.wait(tick)
+            self._wake.wait(tick if self.readiness.ready else min(tick, READY_WAIT))  # READY after READY_WAIT at most
             self._wake.clear()
 
     def _shutdown(self) -> int:
@@ -135,7 +139,7 @@ class Service:
         deadline = time.monotonic() + self.config.daemon.stop_timeout_seconds + 10
         self.notifier.stopping("stopping")
         log.info("stopping", busy=sorted(self._busy))
-        self._save_state()
+        self.save_state()
         clean = True
         if self.scheduler is not None:
             self.scheduler.pause()  # no new runs; running jobs see `stopping` and wind down
@@ -151,7 +155,7 @@ class Service:
             self.control.stop()
         if self.db is not None:
             self.db.close()
-        self._save_state(phase="stopped")
+        self.save_state(phase="stopped")
         log.info("stopped", clean=clean)
         self.notifier.close()
         return 0 if clean else 1
@@ -192,23 +196,14 @@ class Service:
     # --- health, state, summary ----------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """The scheduler runs and dispatches (its heartbeat is fresh) and the database answers."""
-        if self.scheduler is None or not self.scheduler.running:
-            return False
-        if time.monotonic() - self._last_heartbeat > 3 * self.heartbeat_every + 5:
-            log.warning("scheduler heartbeat is late; not pinging the watchdog")
-            return False
-        try:
-            self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error as exc:
-            self._error("database", exc)
-            return False
-        return True
+        """What the watchdog ping vouches for: see health.py."""
+        return self.health.check(self.scheduler, self.db, self.liveness, self.config.daemon.stall_seconds,
+                                 self._error)
 
     def phase(self) -> str:
         if self.stopping.is_set():
             return "stopping"
-        if not self._ready:
+        if not self.readiness.ready:
             return "starting"
         for job, name in ((jobs.DREAM_CYCLE, "dreaming"), (jobs.REEVALUATE, "re-evaluating"),
                           (jobs.INBOX_SCAN, "ingesting")):
@@ -225,18 +220,22 @@ class Service:
             "next_runs": jobs.next_runs(self.scheduler) if self.scheduler and not self.stopping.is_set() else {},
             "last_error": self.last_error, "last_cycle": self.last_cycle, "last_ingest": self.last_ingest,
             "last_gate_decision": self.last_gate_decision, "new_messages_since_cycle": self._new_messages,
+            "stages": self.liveness.snapshot(self.config.daemon.stall_seconds),
             "config_file": str(self.config.source) if self.config.source else None,
         }
 
     def status(self) -> dict[str, Any]:
         live = self.live()
-        extra = ("uptime_s", "busy", "child_pid", "last_ingest", "new_messages_since_cycle", "config_file")
+        extra = ("uptime_s", "busy", "child_pid", "last_ingest", "new_messages_since_cycle", "config_file", "stages")
         return {**collect_status(self.layout, live), **{key: live[key] for key in extra}}
 
     def summary(self) -> str:
         return status_line(collect_status(self.layout, self.live()))
 
-    def _save_state(self, phase: str | None = None) -> None:
+    def busy_jobs(self) -> list[str]:
+        return sorted(self._busy)
+
+    def save_state(self, phase: str | None = None) -> None:
         data = {**self.live(), "updated": time.time()}
         if phase:
             data["phase"] = phase
@@ -255,21 +254,18 @@ class Service:
                 self._busy[job_id] = time.time()
             else:
                 self._busy.pop(job_id, None)
-        self._save_state()
+        self.save_state()
         self.notifier.status(self.summary())
 
     # --- jobs ----------------------------------------------------------------------------------
 
     def _specs(self) -> list[jobs.JobSpec]:
-        return jobs.job_specs(self.config.daemon, self.heartbeat_every)
+        return jobs.job_specs(self.config.daemon, self.health.heartbeat_every)
 
     def _job_functions(self) -> dict[str, Any]:
         return {jobs.INBOX_SCAN: self.scan_inbox, jobs.INBOX_WATCH: self.watch_inbox,
                 jobs.DREAM_CYCLE: self.dream_cycle, jobs.REEVALUATE: self.reevaluate,
-                jobs.HEARTBEAT: self.heartbeat}
-
-    def heartbeat(self) -> None:
-        self._last_heartbeat = time.monotonic()
+                jobs.HEARTBEAT: self.health.beat}
 
     def _inbox_new_mtime(self) -> int | None:
         try:
@@ -292,11 +288,14 @@ class Service:
             if not waiting:
                 return
             self._set_busy(jobs.INBOX_SCAN, True)
-            result = self.stages.ingest(self.config, self.layout) or {}
+            self.liveness.begin(INGEST, "scanning")
+            progress = StageProgress(self.liveness, INGEST, LogProgress(self.config.inbox.progress_seconds))
+            result = self.stages.ingest(self.config, self.layout, progress=progress) or {}
             self.last_ingest = {**result, "at": time.time()}
-            if any(os.scandir(self.layout.inbox_folder("new"))):
+            held = result.get("stuck") or result.get("held_back")
+            if not held and any(os.scandir(self.layout.inbox_folder("new"))):
                 # Files not yet taken (still being written: inbox.stable_seconds): look again soon
-                # rather than at the next interval.
+                # rather than at the next interval (not when one is held back: no busy loop on it).
                 jobs.run_now(self.scheduler, jobs.INBOX_SCAN, delay=max(0.5, self.config.inbox.stable_seconds))
             self._new_messages += int(result.get("messages", 0) or 0)
             if jobs.should_dream_early(self._new_messages, self.config.daemon.dream_after_new_messages):
@@ -305,13 +304,26 @@ class Service:
         except Exception as exc:  # a bad file must not stop the scanning; the ingester quarantines
             self._error(jobs.INBOX_SCAN, exc)
         finally:
+            self.liveness.end(INGEST)
             if jobs.INBOX_SCAN in self._busy:
                 self._set_busy(jobs.INBOX_SCAN, False)
-            self._first_scan_done.set()
+            self.readiness.first_scan_done.set()
             self._wake.set()
 
     def dream_cycle(self) -> None:
-        self._in_child(jobs.DREAM_CYCLE, self.stages.cycle)
+        """The dream-cycle job. Due while one runs (the timer, enough new messages): recorded, and
+        run once after it, however many times it came due meanwhile."""
+        if not self.dream_runs.enter():
+            log.info("dream cycle due while one runs: one catch-up run follows it")
+            return
+        while True:
+            try:
+                self._in_child(jobs.DREAM_CYCLE, self.stages.cycle)
+            finally:
+                again = self.dream_runs.again() and not self.stopping.is_set()
+            if not again:
+                return
+            log.info("catch-up dream cycle")
 
     def reevaluate(self) -> None:
         if self.stages.reevaluate is None:  # stages without one (the tests' scripted fakes)
@@ -325,12 +337,14 @@ class Service:
             log.info("paused; skipped", job=job_id)
             return
         self._set_busy(job_id, True)
+        self.liveness.begin(job_id, "starting its child")
         started = time.time()
         try:
             outcome = self.children.run(
                 job_id, target, (self.config.to_dict(), str(self.layout.root)), stop=self.stopping,
                 stop_timeout=self.config.daemon.stop_timeout_seconds, log_level=self.config.logging.level,
                 log_path=str(log_file(self.layout)),
+                on_progress=lambda what: self.liveness.progress(job_id, what),
             )
             if outcome is None:
                 log.info("a rollback is under way; skipped", job=job_id)
@@ -348,6 +362,7 @@ class Service:
         except Exception as exc:
             self._error(job_id, exc)
         finally:
+            self.liveness.end(job_id)
             self._set_busy(job_id, False)
 
     # --- control commands ----------------------------------------------------------------------
@@ -356,60 +371,8 @@ class Service:
         return peer_allowed(cred, os.geteuid(), self.config.daemon.control_group)
 
     def handle(self, cmd: str, args: dict[str, Any], peer=None) -> dict[str, Any]:
-        if cmd == "ping":
-            return {"pid": os.getpid(), "phase": self.phase()}
-        if cmd == "status":
-            return self.status()
-        if self.stopping.is_set():
-            raise ControlError("stopping", "dreamd is stopping")
-        if cmd in ("pause", "resume"):
-            set_pause(self.layout, cmd == "pause", reason=args.get("reason", ""))
-            log.info(cmd, reason=args.get("reason", ""))
-            self._save_state()
-            return {"paused": cmd == "pause", "busy": sorted(self._busy)}
-        if cmd == "dream_now":
-            if read_pause(self.layout):
-                raise ControlError("paused", "dream cycles are paused; `dreamctl resume` first")
-            if jobs.DREAM_CYCLE in self._busy:
-                return {"started": False, "already_running": True}
-            jobs.run_now(self.scheduler, jobs.DREAM_CYCLE)
-            return {"started": True, "already_running": False}
-        if cmd == "rollback":
-            return self.rollback(args, peer)
-        if cmd == "reload":
-            result = self.reload()
-            if not result["reloaded"]:
-                raise ControlError("invalid", result["error"])
-            return result
-        raise ControlError("invalid", f"unknown command {cmd}")
-
-    def rollback(self, args: dict[str, Any], peer=None) -> dict[str, Any]:
-        """Point `current` at last_good, at `checkpoint`, or (`to_base`) at the base model.
-
-        A running child is abandoned first, and none starts until the rollback is done
-        (ChildJobs.held): only a child's promote step moves the pointers otherwise.
-        """
-        if args.get("to_base") and args.get("checkpoint"):
-            raise ControlError("invalid", "give a checkpoint or to_base, not both")
-        target = BASE if args.get("to_base") else args.get("checkpoint")
-        by = f"dreamctl {user_label(peer.uid)} via dreamd" if peer else "dreamd"
-        wanted = target or read_pointer(self.layout, "last_good")
-        try:  # refuse a bad target before abandoning anything for it
-            if wanted != BASE:
-                verify_loadable(self.layout, wanted)
-        except (CheckpointError, ValueError) as exc:
-            raise ControlError("invalid", str(exc)) from None
-        try:
-            with self.children.held() as stopped:  # running children are abandoned, none start
-                result = roll_back(self.layout, target, by)
-        except ChildrenBusy as exc:
-            raise ControlError("busy", f"{exc}; rollback not done") from None
-        except (CheckpointError, ValueError) as exc:
-            raise ControlError("invalid", str(exc)) from None
-        log.info("rollback", by=by, current=result.get("current"), previous=result.get("previous"),
-                 changed=result.get("changed"), jobs_stopped=stopped)
-        self._save_state()
-        return {**result, "jobs_stopped": stopped}
+        """The control server's handler: commands.py."""
+        return handle_command(self, cmd, args, peer)
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config file; on any error keep the settings in force."""

@@ -12,13 +12,17 @@ Job ids are fixed (the control channel and `dreamctl status` name them):
 - `heartbeat`    proves the scheduler still dispatches jobs; the watchdog is pinged only while it
                  beats.
 
-Every job has max_instances=1 and coalesce=True (a backlog of missed runs becomes one run), and a
-misfire grace so a run delayed by a long job or a suspended machine still happens. What to
-schedule is a pure function of the settings (`job_specs`), tested without a scheduler.
+Every job has coalesce=True (a backlog of missed runs becomes one run), and a misfire grace so a
+run delayed by a long job or a suspended machine still happens. Every job but the dream cycle has
+max_instances=1; APScheduler drops a run that comes due while its job runs, which for the dream
+cycle would lose the early start that new messages asked for. So the dream cycle may start a
+second instance, which only tells the running one (`Coalesced`) to run once more when it ends.
+What to schedule is a pure function of the settings (`job_specs`), tested without a scheduler.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,13 +54,39 @@ def job_specs(settings: DaemonSettings, heartbeat_seconds: float) -> list[JobSpe
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": settings.misfire_grace_seconds}
     specs = [
         JobSpec(INBOX_SCAN, settings.inbox_scan_seconds, 0.0, common),
-        JobSpec(DREAM_CYCLE, settings.dream_interval_minutes * 60, None, common),
+        JobSpec(DREAM_CYCLE, settings.dream_interval_minutes * 60, None, {**common, "max_instances": 2}),
         JobSpec(REEVALUATE, settings.reevaluate_hours * 3600, None, common),
         JobSpec(HEARTBEAT, heartbeat_seconds, None, {**common, "misfire_grace_time": None}),
     ]
     if settings.inbox_poll_seconds > 0:
         specs.append(JobSpec(INBOX_WATCH, settings.inbox_poll_seconds, None, common))
     return specs
+
+
+class Coalesced:
+    """One run at a time; runs asked for while one is under way become exactly one run after it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = self._pending = False
+
+    def enter(self) -> bool:
+        """True: run now (call `again` when done). False: one is running; it will run once more."""
+        with self._lock:
+            if self._running:
+                self._pending = True
+                return False
+            self._running = True
+            return True
+
+    def again(self) -> bool:
+        """The run ended: True if it should run once more (the catch-up), else it is released."""
+        with self._lock:
+            if self._pending:
+                self._pending = False
+                return True
+            self._running = False
+            return False
 
 
 def should_dream_early(new_messages: int, threshold: int) -> bool:

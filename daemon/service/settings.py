@@ -42,6 +42,11 @@ class DaemonSettings:
     misfire_grace_seconds: int = setting(
         300, "A scheduled run that could not start on time (busy, suspended) still runs if at most this late."
     )
+    stall_seconds: float = setting(
+        1800.0,
+        "A long stage (the ingest of one file, the dream cycle's child) that makes no progress for this "
+        "long is taken as hung: the watchdog is no longer pinged, so systemd restarts dreamd.",
+    )
     stop_timeout_seconds: float = setting(
         60.0,
         "On SIGTERM, how long the running step may take to finish before it is abandoned "
@@ -49,7 +54,8 @@ class DaemonSettings:
     )
 
     def __post_init__(self) -> None:
-        for key in ("inbox_scan_seconds", "dream_interval_minutes", "reevaluate_hours", "stop_timeout_seconds"):
+        for key in ("inbox_scan_seconds", "dream_interval_minutes", "reevaluate_hours", "stop_timeout_seconds",
+                    "stall_seconds"):
             require(getattr(self, key) > 0, key, "a positive number", getattr(self, key))
         require(self.inbox_poll_seconds >= 0, "inbox_poll_seconds", "zero or more seconds", self.inbox_poll_seconds)
         require(self.dream_after_new_messages >= 0, "dream_after_new_messages", "zero or more",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dreamd.daemon.gate.evaluations import last_decision
+from dreamd.daemon.serve.status_file import read_server_status
 from dreamd.daemon.service.instance_lock import lock_holder
 from dreamd.daemon.service.state import read_json, read_pause, service_file
 from dreamd.daemon.service.state_dir import StateLayout
@@ -139,9 +140,21 @@ def collect_status(layout: StateLayout, live: dict[str, Any] | None = None) -> d
         "last_error": source.get("last_error"),
         "next_runs": (live or {}).get("next_runs", {}),
         "database": db["database"],
+        "server": server_summary(layout),
         "state_dir": str(layout.root),
         "updated": source.get("updated") or time.time(),
     }
+
+
+def server_summary(layout: StateLayout) -> dict[str, Any] | None:
+    """`dreamd serve` on this state dir, from the status file it writes: where it listens, the
+    checkpoint answering, requests served, conversations logged (None: it never ran here)."""
+    server = read_server_status(layout.root)
+    if server is None:
+        return None
+    keys = ("state", "pid", "address", "checkpoint", "requests_served", "requests_refused", "conversations_logged",
+            "load_errors", "updated")
+    return {key: server.get(key) for key in keys}
 
 
 def status_line(status: dict[str, Any]) -> str:

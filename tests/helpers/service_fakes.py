@@ -17,10 +17,15 @@ def build() -> Stages:
     return Stages(ingest=ingest, cycle=cycle, reevaluate=None)
 
 
-def ingest(config, layout) -> dict:
-    """Move every file from new/ to done/ by rename; one message per line."""
+def ingest(config, layout, progress=None) -> dict:
+    """Move every file from new/ to done/ by rename; one message per line. A file whose name starts
+    with `hang` hangs the ingest for $DREAMD_FAKE_HANG_SECONDS (a stage that stopped progressing)."""
     messages = files = 0
     for path in sorted(layout.inbox_folder("new").iterdir()):
+        if progress is not None:
+            progress.working_on(path.name)
+        if path.name.startswith("hang"):
+            time.sleep(float(os.environ.get("DREAMD_FAKE_HANG_SECONDS", "60")))
         messages += len(path.read_text(encoding="utf-8").splitlines())
         path.rename(layout.inbox_folder("done") / path.name)
         files += 1

@@ -15,6 +15,9 @@ from dreamd.memory_graph.settings import GraphSettings, InboxSettings  # noqa: E
 from tests.helpers.fakes import HashEmbedder  # noqa: E402  (sys.path is set first)
 
 if __name__ == "__main__":
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout says "ready"
     layout = StateLayout(Path(sys.argv[1])).ensure()
     # Small batches: many transactions and moves per run, so a kill finds every phase.
     ingester = Ingester(layout.inbox, layout.database, HashEmbedder(),

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import integrity_ok, open_store
 from dreamd.memory_graph.formats.parse import parse_bytes
@@ -36,14 +38,23 @@ def chat_file(folder: Path, index: int, rng: random.Random) -> Path:
 
 
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
-    rng = random.Random(20240601)
+    kill_and_check(tmp_path, KILLS, seed=20240601)
+
+
+@pytest.mark.slow
+def test_two_hundred_sigkills_lose_and_double_nothing(tmp_path):
+    kill_and_check(tmp_path, 200, seed=16)
+
+
+def kill_and_check(tmp_path: Path, kills_wanted: int, seed: int) -> None:
+    rng = random.Random(seed)
     layout = StateLayout(tmp_path / "state").ensure()
     inbox = Inbox(layout.inbox, InboxSettings())
     sources = tmp_path / "sources"
     sources.mkdir()
     dropped: list[Path] = []
     kills = runs = caught_mid_file = 0
-    while kills < KILLS and runs < 3 * KILLS:
+    while kills < kills_wanted and runs < 3 * kills_wanted:
         for _ in range(5):
             path = chat_file(sources, len(dropped), rng)
             dropped.append(path)
@@ -69,9 +80,9 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path):
         kills += worker.wait() == -signal.SIGKILL and 1 or 0
         caught_mid_file += bool(list(layout.inbox_folder("processing").iterdir()))
     print(f"{kills} kills in {runs} runs, {caught_mid_file} with a file in processing/")
-    assert kills >= 20, f"only {kills} of {runs} runs were still working when killed"
+    assert kills >= kills_wanted - 2, f"only {kills} of {runs} runs were still working when killed"
     # The kills must hit the work, not only the start-up: some left a claimed file behind.
-    assert caught_mid_file >= 4, caught_mid_file
+    assert caught_mid_file >= kills_wanted // 5, caught_mid_file
 
     finish = subprocess.run([sys.executable, str(WORKER), str(layout.root)],
                             capture_output=True, text=True, timeout=120)

@@ -15,6 +15,7 @@ lists and verifies checkpoints without it).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -89,15 +90,24 @@ def write_checkpoint(
     if final.exists():
         raise FileExistsError(f"checkpoint {manifest.id} exists already")
     tmp = staging_dir(final)
-    write_files(tmp)
-    phase("files_written")
-    fsync_tree(tmp)
-    phase("files_synced")
-    manifest.files = {rel: sha256_file(tmp / rel) for rel in _payload_files(tmp)}
-    manifest_path = tmp / MANIFEST
-    manifest_path.write_text(manifest.to_json())
-    fsync_path(manifest_path)
-    phase("manifest_written")
+    try:
+        write_files(tmp)
+        phase("files_written")
+        fsync_tree(tmp)
+        phase("files_synced")
+        manifest.files = {rel: sha256_file(tmp / rel) for rel in _payload_files(tmp)}
+        manifest_path = tmp / MANIFEST
+        manifest_path.write_text(manifest.to_json())
+        fsync_path(manifest_path)
+        phase("manifest_written")
+    except Exception as exc:
+        # A failed write (a full disk above all) leaves nothing behind: the half-written folder
+        # would only hold the space that is missing. (A kill leaves it to clean_staging.)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(exc.errno, f"no space left on the device while writing checkpoint {manifest.id} "
+                                     f"in {root}; nothing was kept, current and last_good are unchanged") from exc
+        raise
     os.rename(tmp, final)
     phase("renamed")
     fsync_path(final.parent)

@@ -44,6 +44,27 @@ def test_the_child_logs_into_the_daemons_log_file(tmp_path):
     assert any(e["event"] == "hello from the child" and e["where"] == "child" for e in lines)
 
 
+def log_then_report(steps):
+    import structlog
+
+    from dreamd.daemon.service.child import report_progress
+
+    structlog.get_logger("test").info("first step of the round")
+    for step in range(steps):
+        time.sleep(0.6)
+        report_progress(f"step {step}")
+    return {"steps": steps}
+
+
+def test_the_childs_log_lines_and_reports_reach_the_daemon_as_progress():
+    heard = []
+    outcome = run_in_child(log_then_report, (4,), on_progress=heard.append)
+    assert outcome.status == "ok" and outcome.result == {"steps": 4}
+    assert heard[0] == "first step of the round"
+    # At most one a second: some reports are dropped, the last ones still come through.
+    assert 2 <= len(heard) <= 5 and heard[-1].startswith("step ")
+
+
 def test_failure_is_reported_not_raised():
     outcome = run_in_child(explode)
     assert outcome.status == "failed" and "ValueError: bad batch" in outcome.error

@@ -16,8 +16,9 @@ def test_job_ids_and_intervals_come_from_the_settings():
     assert specs["dream-cycle"].seconds == 600 and specs["dream-cycle"].first_run_in is None
     assert specs["re-evaluate"].seconds == 7200
     assert specs["inbox-watch"].seconds == 1.5
-    for spec in specs.values():
-        assert spec.options["max_instances"] == 1 and spec.options["coalesce"] is True
+    for spec in specs.values():  # the dream cycle's second instance only asks for a catch-up run
+        assert spec.options["max_instances"] == (2 if spec.id == "dream-cycle" else 1)
+        assert spec.options["coalesce"] is True
     assert specs["dream-cycle"].options["misfire_grace_time"] == 99
 
 
@@ -32,6 +33,32 @@ def test_dream_early_threshold():
     assert not jobs.should_dream_early(10_000, 0)  # 0: never early
 
 
+def test_runs_due_while_one_runs_become_exactly_one_catch_up():
+    gate = jobs.Coalesced()
+    runs, started, release = [], threading.Event(), threading.Event()
+
+    def job():  # what Service.dream_cycle does around its child
+        if not gate.enter():
+            return
+        while True:
+            runs.append(len(runs))
+            started.set()
+            release.wait(5)
+            if not gate.again():
+                return
+
+    first = threading.Thread(target=job)
+    first.start()
+    assert started.wait(5)
+    for _ in range(3):  # due three times while the first runs
+        job()
+    release.set()
+    first.join(5)
+    assert runs == [0, 1]  # the first, then one catch-up
+    job()
+    assert runs == [0, 1, 2]  # released: the next due run runs
+
+
 def test_live_scheduler_runs_now_and_follows_new_settings():
     ran = threading.Event()
     functions = {job_id: (lambda: None) for job_id in jobs.JOB_IDS}
@@ -41,7 +68,7 @@ def test_live_scheduler_runs_now_and_follows_new_settings():
     scheduler.start()
     try:
         job = scheduler.get_job("dream-cycle")
-        assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 300)
+        assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (2, True, 300)
         assert job.next_run_time > datetime.now(UTC)
         assert jobs.run_now(scheduler, "dream-cycle")
         assert ran.wait(5), "run_now must wake the sleeping scheduler"

@@ -52,6 +52,16 @@ def test_the_unit_says_what_the_service_needs():
     assert int(s["TimeoutStopSec"][0]) > 60                  # above the default daemon.stop_timeout_seconds
 
 
+def test_a_crash_loop_stops_after_a_few_starts():
+    s = settings()
+    unit_section = unit_text().split("[Service]")[0]
+    assert "StartLimitIntervalSec=" in unit_section and "StartLimitBurst=" in unit_section  # [Unit] keys
+    burst, window, pause = int(s["StartLimitBurst"][0]), int(s["StartLimitIntervalSec"][0]), int(s["RestartSec"][0])
+    assert 2 <= burst <= 10
+    # Restarts RestartSec apart must be able to reach the burst inside the window, or it never trips.
+    assert burst * pause < window
+
+
 @needs_analyze
 def test_systemd_analyze_verify(unit_copy):
     done = subprocess.run([ANALYZE, "verify", str(unit_copy)], capture_output=True, text=True, timeout=60)
