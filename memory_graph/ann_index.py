@@ -34,6 +34,7 @@ import structlog
 from sqlite_utils import Database
 
 from dreamd.memory_graph.database.store import blob_vector
+from dreamd.memory_graph.inbox_placement import fsync
 from dreamd.memory_graph.settings import GraphSettings
 
 log = structlog.get_logger("dreamd.ann")
@@ -184,10 +185,10 @@ class AnnIndex:
         staged = self.folder / f".{name}.tmp"
         try:
             self.index.save(str(staged))
-            _fsync_file(staged)
+            fsync(staged)
             size, crc = staged.stat().st_size, _crc32(staged)
             os.rename(staged, self.folder / name)
-            _fsync_file(self.folder)
+            fsync(self.folder)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
@@ -252,14 +253,6 @@ def _crc32(path: Path) -> int:
     return crc
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, data: bytes) -> None:
     # memory_graph may not import trainers/atomic.py (the libraries are independent): the same three steps.
     staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -268,4 +261,4 @@ def _write_atomically(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staged, path)
-    _fsync_file(path.parent)
+    fsync(path.parent)
