@@ -158,7 +158,10 @@ class AnnIndex:
             return out
         matches = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), count, threads=0)
         keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(vectors), -1)
-        found = np.arange(keys.shape[1])[None, :] < np.asarray(matches.counts).reshape(-1, 1)
+        # One query comes back as `Matches` (its keys only those found), several as `BatchMatches`
+        # (keys padded, with `counts`).
+        counts = np.asarray(matches.counts) if hasattr(matches, "counts") else np.array([len(matches)])
+        found = np.arange(keys.shape[1])[None, :] < counts.reshape(-1, 1)
         out[:, : keys.shape[1]] = np.where(found, keys, -1)
         return out
 

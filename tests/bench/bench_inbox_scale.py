@@ -34,7 +34,7 @@ def chat(index: int) -> str:
         {"role": "assistant", "content": f"Answer {index}: use logrotate with a weekly rule for unit {index % 89}."}]})
 
 
-def run(files: int, work: Path, real_embedder: bool, knn_k: int | None) -> dict:
+def run(files: int, work: Path, real_embedder: bool, graph_overrides: dict) -> dict:
     from dreamd.daemon.service.state_dir import StateLayout
     from dreamd.memory_graph.ingest import Ingester
     from dreamd.memory_graph.settings import EmbedderSettings, GraphSettings, InboxSettings
@@ -52,7 +52,7 @@ def run(files: int, work: Path, real_embedder: bool, knn_k: int | None) -> dict:
         folder = sources / f"{index:05d}"
         folder.mkdir(parents=True)
         (folder / "conversations.json").write_text(chat(index))
-    graph = GraphSettings() if knn_k is None else GraphSettings(knn_k=knn_k)
+    graph = GraphSettings(**graph_overrides)
     ingester = Ingester(layout.inbox, layout.database, embedder, InboxSettings(stable_seconds=0.0), graph)
     started = time.perf_counter()
     for index in range(files):
@@ -75,14 +75,17 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=2000, help="the smaller run the ratio compares with")
     parser.add_argument("--real-embedder", action="store_true", help="embed with the real all-MiniLM-L6-v2")
     parser.add_argument("--knn-k", type=int, default=None, help="semantic edges per memory (default: the setting's)")
+    parser.add_argument("--exact-below", type=int, default=None,
+                        help="graph size below which the kNN is an exact scan (default: the setting's)")
     args = parser.parse_args()
 
     from dreamd.daemon.service.logs import configure_logging
 
     configure_logging("console", "warning")
+    overrides = {k: v for k, v in (("knn_k", args.knn_k), ("exact_below", args.exact_below)) if v is not None}
     with tempfile.TemporaryDirectory(prefix="bench-inbox-") as tmp:
-        small = run(args.base, Path(tmp), args.real_embedder, args.knn_k)
-        large = run(args.files, Path(tmp), args.real_embedder, args.knn_k)
+        small = run(args.base, Path(tmp), args.real_embedder, overrides)
+        large = run(args.files, Path(tmp), args.real_embedder, overrides)
     per_file = {name: {"drop": r["files"] / r["drop_s"], "drain": r["files"] / r["drain_s"]}
                 for name, r in (("small", small), ("large", large))}
     result = {
@@ -95,6 +98,7 @@ def main() -> None:
         "drop_ratio": round(per_file["large"]["drop"] / per_file["small"]["drop"], 3),
         "embedder": "all-MiniLM-L6-v2" if args.real_embedder else "hash-384",
         "knn_k": args.knn_k if args.knn_k is not None else "default",
+        "exact_below": args.exact_below if args.exact_below is not None else "default",
     }
     if args.json:
         print(json.dumps(result))

@@ -92,6 +92,25 @@ def test_a_damaged_or_stale_index_gives_the_same_edges(tmp_path, how, expect):
     assert len(again.graph.ann) == nodes
 
 
+def test_files_of_one_memory_each_go_through_the_index(tmp_path):
+    # One new memory is one query, which usearch answers with another type than a batch: a file
+    # holding a single exchange once quarantined every such file as soon as the index answered.
+    sources = tmp_path / "sources"
+    singles = []
+    for path in chat_files(sources, 7, files=2):
+        for number, line in enumerate(path.read_text().splitlines()):
+            for turn in (0, 2):  # each user/assistant exchange in a file of its own
+                exchange = {"messages": json.loads(line)["messages"][turn : turn + 2]}
+                single = sources / f"{path.stem}-{number}-{turn}.jsonl"
+                single.write_text(json.dumps(exchange) + "\n")
+                singles.append(single)
+    reference = ingest(tmp_path / "reference", GraphSettings(min_similarity=0.2), [singles])
+    indexed = ingest(tmp_path / "indexed", GraphSettings(min_similarity=0.2, exact_below=0), [singles])
+    expected = all_edges(reference)
+    assert sum(1 for edge in expected if edge[2] == "semantic") > 10
+    assert same_edges(all_edges(indexed), expected)
+
+
 def test_sigkill_during_index_saves_recovers_every_memory(tmp_path):
     database = tmp_path / "dreamd.db"
     vectors, labels, _ = clustered_vectors(8000, 64, seed=3)
