@@ -29,6 +29,10 @@ log = structlog.get_logger(__name__)
 
 ANSWER_TOKENS = 96  # a two- or three-sentence answer; longer ones are cut, the cut text is what is kept
 TOP_K = 16  # of the base's distribution kept per answer token (nearly all its mass on a greedy answer)
+# KL to the base is measured (by the gate, by the experiment) on this many anchors spread evenly
+# over the bank, so every kind of prompt counts: each is a forward pass over up to 96 answer
+# tokens, and the gate's time is bounded.
+MEASURED_ANCHORS = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,13 @@ class Anchor:
         soft = SoftTargets(self.top_ids, self.top_logprobs) if self.top_ids else None
         return TrainingExample(f"anchor:{self.id}", [{"role": "user", "content": self.prompt},
                                                      {"role": "assistant", "content": self.answer}], soft)
+
+
+def measured(anchors: list[Anchor], count: int = MEASURED_ANCHORS) -> list[Anchor]:
+    """`count` anchors evenly spaced over the bank's order (the whole bank when it is smaller)."""
+    if len(anchors) <= count:
+        return list(anchors)
+    return [anchors[(i * len(anchors)) // count] for i in range(count)]
 
 
 def bank_text() -> str:
@@ -68,12 +79,14 @@ def base_anchors(model_dir: Path, cache_dir: Path, load_base) -> list[Anchor]:
     path = cache_path(cache_dir, model_dir)
     if path.exists():
         return [Anchor(**row) for row in json.loads(path.read_text("utf-8"))["anchors"]]
-    from dreamd.trainers.gate.metrics import answer_logprobs, top_k
+    from dreamd.trainers.gate.metrics import EVAL_BATCH, answer_logprobs, top_k
     from dreamd.trainers.generate import chat_replies
 
     prompts = anchor_prompts()
     loaded = load_base()
-    replies = chat_replies(loaded, [[{"role": "user", "content": p}] for _i, p in prompts], ANSWER_TOKENS)
+    # In the gate's wide batches: on CPU a generation step costs nearly the same for 16 rows or 64.
+    replies = chat_replies(loaded, [[{"role": "user", "content": p}] for _i, p in prompts], ANSWER_TOKENS,
+                           EVAL_BATCH)
     plain = [Anchor(i, p, r.strip()) for (i, p), r in zip(prompts, replies, strict=True) if r.strip()]
     tops = top_k(answer_logprobs(loaded, [a.example() for a in plain]), TOP_K)
     anchors = [Anchor(a.id, a.prompt, a.answer, t.ids.tolist(),

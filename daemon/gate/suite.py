@@ -22,7 +22,7 @@ import json
 from sqlite_utils import Database
 
 from dreamd.daemon.dreaming.training_set import replay_example
-from dreamd.trainers.anchors import Anchor
+from dreamd.trainers.anchors import Anchor, measured
 from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import EvalSuite, ask
 from dreamd.trainers.settings import EvalSettings
@@ -96,7 +96,7 @@ def build_suite(db: Database, settings: EvalSettings, anchors: list[Anchor] = ()
         heldout_slices=heldout_slices(db, settings),
         acquisition=learning,
         retention=retention,
-        anchors=[a.example() for a in anchors],
+        anchors=[a.example() for a in measured(list(anchors))],
         max_new_tokens=settings.max_new_tokens,
     )
     described = {

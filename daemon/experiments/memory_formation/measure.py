@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamd.daemon.experiments.memory_formation.facts import Probe, probe_example
-from dreamd.trainers.anchors import Anchor
+from dreamd.trainers.anchors import Anchor, measured
 from dreamd.trainers.examples import split_point
 from dreamd.trainers.gate.metrics import (
     EVAL_BATCH,
@@ -85,7 +85,9 @@ def capability_scores(loaded: LoadedModel) -> dict:
 
 
 def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
-    """Mean KL(base || model) over the anchor answers' tokens (the base's side: its cached top-k)."""
+    """Mean KL(base || model) over the answer tokens of the anchors the gate measures (the base's
+    side: its cached top-k)."""
+    anchors = measured(anchors)
     reference = [TopK(torch.tensor(a.top_ids), torch.tensor(a.top_logprobs)) for a in anchors]
     return mean_kl(reference, answer_logprobs(loaded, [a.example() for a in anchors]))
 
