@@ -27,9 +27,12 @@ def test_an_interrupted_demo_stops_the_daemon_it_started(tmp_path, tiny_model_di
     config = tmp_path / "dreamd.toml"
     config.write_text(real_stages_config(tiny_model_dir, dreams=4))
     state = tmp_path / "state"
+    # SIGINT back to its default in the child: a test run started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     demo = subprocess.Popen([str(BIN / "dreamctl"), "--config", str(config), "--state-dir", str(state), "demo"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     output = []
     try:
         for line in demo.stdout:
