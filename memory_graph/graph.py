@@ -224,12 +224,27 @@ class MemoryGraph:
                                             np.searchsorted(self.ids, dst[known]), weight[known])
         return self._snapshot
 
-    def collisions(self, db: Database, count: int, seed: int, settings: GraphSettings) -> list[Collision]:
-        """Up to `count` collisions, the same ones for the same seed and graph."""
+    def collisions(self, db: Database, count: int, seed: int, settings: GraphSettings,
+                   prefer: np.ndarray | None = None, prefer_share: float = 0.0) -> list[Collision]:
+        """Up to `count` collisions, the same ones for the same seed and graph. With `prefer`
+        (memory ids), a `prefer_share` of the starts is drawn among those (while some are connected
+        and not every connected memory is one of them: otherwise the draw is as without)."""
         self._db = db
         csr = self.snapshot()
         rng = np.random.default_rng(seed)
         connected = np.flatnonzero(csr.row_total > 0)
+        preferred = np.zeros(0, dtype=np.int64)
+        if prefer is not None and len(prefer) and prefer_share > 0:
+            where = np.searchsorted(self.ids, prefer).clip(0, max(self._count - 1, 0))
+            rows = where[self.ids[where] == prefer]
+            preferred = np.intersect1d(rows, connected)
+            if len(preferred) == len(connected):
+                preferred = preferred[:0]
+
+        def start() -> int:
+            if len(preferred) and rng.random() < prefer_share:
+                return int(rng.choice(preferred))
+            return int(rng.choice(connected))
         vectors = self._exact[: self._count] if self._exact is not None and len(self._exact) >= self._count \
             else _VectorLookup(db, self.ids)
         found: list[Collision] = []
@@ -237,7 +252,7 @@ class MemoryGraph:
             if len(found) == count or not len(connected):
                 break
             draw = draw_collision(
-                csr, vectors, self.conversations, int(rng.choice(connected)), rng,
+                csr, vectors, self.conversations, start(), rng,
                 size=int(rng.integers(2, 5)), walkers=settings.collision_walkers,
                 steps=settings.collision_walk_steps, restart=settings.restart_probability,
                 max_similarity=settings.collision_max_similarity,

@@ -46,3 +46,15 @@ def default_model_dir(models_dir):
     from dreamd.trainers.model_store import EMBEDDED_NAME
 
     return models_dir / EMBEDDED_NAME
+
+
+@pytest.fixture(scope="session")
+def default_anchor_cache(models_dir, default_model_dir):
+    """The base default model's answers to the anchor bank, answered once per session; a test
+    that runs a real cycle copies it into its state dir (tests/helpers/anchors.py says why)."""
+    from dreamd.trainers.anchors import base_anchors, cache_path
+    from dreamd.trainers.model_store import load_model
+    from dreamd.trainers.settings import ModelSettings
+
+    base_anchors(default_model_dir, models_dir, lambda: load_model(ModelSettings(device="cpu"), models_dir))
+    return cache_path(models_dir, default_model_dir)

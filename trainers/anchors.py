@@ -66,10 +66,18 @@ def anchor_prompts() -> list[tuple[str, str]]:
     return [(r["id"], r["prompt"]) for r in rows]
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """The base model's files as (name, size, modification time): a copy made with its times kept
+    (`cp -p`, `shutil.copytree`) shares the cache, a model converted or saved again does not."""
+    root = Path(model_dir).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return "\n".join(f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files)
+
+
 def cache_path(cache_dir: Path, model_dir: Path) -> Path:
     """Where the answers of this base model to this bank are kept: a new base or a new bank gets a
     new file."""
-    key = hashlib.sha256(f"{Path(model_dir).resolve()}\n{bank_text()}\n{TOP_K}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{model_fingerprint(model_dir)}\n{bank_text()}\n{TOP_K}".encode()).hexdigest()[:16]
     return cache_dir / f"anchors-{key}.json"
 
 

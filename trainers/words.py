@@ -69,3 +69,23 @@ def recalled(reply: str, answer: str, question: str, share: float = 0.5) -> bool
         return False
     found = stems(reply)
     return sum(stem(k) in found for k in keys) >= share * len(keys)
+
+
+def is_name_or_number(word: str, text: str) -> bool:
+    """A number, or a capitalised word that does not open a sentence of `text` (a name): the words
+    a hallucination usually changes, and a paraphrase keeps."""
+    if word[0].isdigit():
+        return True
+    if not word[0].isupper():
+        return False
+    return any(not _opens_sentence(text, m.start()) for m in re.finditer(rf"\b{re.escape(word)}\b", text))
+
+
+def _opens_sentence(text: str, at: int) -> bool:
+    before = text[:at].rstrip(" \t\"'(")
+    return not before or before[-1] in ".!?:;\n"
+
+
+def names_and_numbers(text: str) -> list[str]:
+    """The content words of `text` that are names or numbers (see `is_name_or_number`)."""
+    return [w for w in content_words(text) if is_name_or_number(w, text)]

@@ -16,7 +16,7 @@ import structlog
 from sqlite_utils import Database
 
 from dreamd.daemon.dreaming.dreams import Dream, dream
-from dreamd.daemon.dreaming.records import prior_vectors, save_dreams
+from dreamd.daemon.dreaming.records import prior_vectors, save_dreams, untrained_memories
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.signal_agent import ScoringContext, score_dreams
 from dreamd.memory_graph.graph import MemoryGraph
@@ -43,7 +43,8 @@ def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder,
     started = time.monotonic()
     seed = seed + dreams.seed
     graph.refresh(db)
-    collisions = graph.collisions(db, dreams.per_cycle, seed=seed, settings=graph_settings)
+    collisions = graph.collisions(db, dreams.per_cycle, seed=seed, settings=graph_settings,
+                                  prefer=untrained_memories(db), prefer_share=dreams.fresh_share)
     if not collisions:
         log.info("no collisions to dream from", nodes=len(graph.ids))
         return []

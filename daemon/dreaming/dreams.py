@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 
 from sqlite_utils import Database
 
-from dreamd.daemon.dreaming.scenarios import kind_of, member_exchange, scenario_for
+from dreamd.daemon.dreaming.scenarios import Exchange, kind_of, member_exchange, scenario_for, topic_of
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.graph import Collision
 from dreamd.trainers.generate import Generation, generate_chats
 from dreamd.trainers.model_store import LoadedModel
+from dreamd.trainers.words import stems
 
 COMPOSE_INSTRUCTION = (
     "Write a new message that a user could send to an assistant: a new situation or question that "
@@ -128,6 +129,19 @@ def temperatures(settings: DreamSettings, count: int) -> list[float]:
     return [round(low + (high - low) * i / (count - 1), 4) for i in range(count)]
 
 
+def answers_about(db: Database, exchange: Exchange, members: list[tuple[int, str]]) -> list[str]:
+    """The logged answers, in the members' order, of the exchanges that name the topic of
+    `exchange`'s question: a cluster can hold a similar concept's memories, whose answers are not
+    what the model knows about this one."""
+    topic = stems(topic_of(exchange.question))
+    out = []
+    for node_id, _text in members:
+        found = member_exchange(db, node_id)
+        if found is not None and topic <= stems(f"{found.question} {found.answer}"):
+            out.append(found.answer)
+    return out
+
+
 def new_dreams(db: Database, tokenizer, collisions: list[Collision], settings: DreamSettings, seed: int,
                exclude: frozenset[int] = frozenset()) -> list[Dream]:
     """One dream per collision: its kind, its notes (newest first) and, unless it is a `join`, its
@@ -146,9 +160,8 @@ def new_dreams(db: Database, tokenizer, collisions: list[Collision], settings: D
         elif dream.kind != "join":
             exchange = member_exchange(db, members[0][0])
             dream.scenario, dream.logged_answer = scenario_for(dream.kind, exchange, rng)
-            if dream.kind == "about":  # what it knows about X: every member's logged answer, newest first
-                answers = [e.answer for e in (member_exchange(db, n) for n, _t in newest_first) if e is not None]
-                dream.logged_answer = " ".join(answers) or dream.logged_answer
+            if dream.kind == "about":  # what it knows about X: the logged answers of the members about X
+                dream.logged_answer = " ".join(answers_about(db, exchange, newest_first)) or dream.logged_answer
             if not dream.scenario:
                 dream.kind = "join"  # the memory holds no question and answer to ask again
         dreams.append(dream)

@@ -76,3 +76,11 @@ def load_dream(db: Database, dream_id: int) -> dict[str, Any] | None:
     out["memories"] = [r[0] for r in db.execute(
         "SELECT node_id FROM dream_memories WHERE dream_id = ? ORDER BY position", (dream_id,)).fetchall()]
     return out
+
+
+def untrained_memories(db: Database) -> np.ndarray:
+    """The ids of the memories no dream that was trained on has used yet, ascending."""
+    rows = db.execute(
+        "SELECT id FROM memory_nodes n WHERE NOT EXISTS (SELECT 1 FROM dream_memories m JOIN dreams d "
+        "ON d.id = m.dream_id WHERE m.node_id = n.id AND d.trained_in IS NOT NULL) ORDER BY id").fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from dreamd.trainers.settings import require, setting
 
 SCHEDULES = ("constant", "spread")
-SCORERS = ("divergence", "grounding", "judge", "hygiene", "novelty")
+SCORERS = ("divergence", "grounding", "agreement", "judge", "hygiene", "novelty")
 KINDS = ("logged", "reworded", "about", "join")
 
 
@@ -48,6 +48,12 @@ class DreamSettings:
         "A batch still generating after this long stops; its unfinished dreams are rejected as timed out.",
     )
     seed: int = setting(0, "Added to the cycle's seed for collision sampling and generation.")
+    fresh_share: float = setting(
+        0.75,
+        "Share of a cycle's collisions that start from a memory no trained dream has used yet (while there "
+        "are such and older ones too): what was just logged is rehearsed first, older memories still come "
+        "up. 0: every memory alike.",
+    )
     replay_fraction: float = setting(
         0.5,
         "Share of a round's training set that is replayed real exchanges from the logs (for "
@@ -83,6 +89,7 @@ class DreamSettings:
         require(self.generation_timeout_seconds > 0, "generation_timeout_seconds", "a positive number",
                 self.generation_timeout_seconds)
         require(self.seed >= 0, "seed", "0 or more", self.seed)
+        require(0 <= self.fresh_share <= 1, "fresh_share", "a number from 0 to 1", self.fresh_share)
         require(0 <= self.replay_fraction < 1, "replay_fraction", "a number in [0, 1)", self.replay_fraction)
         require(0 <= self.anchor_fraction < 1, "anchor_fraction", "a number in [0, 1)", self.anchor_fraction)
         require(bool(self.kinds) and all(k in KINDS for k in self.kinds), "kinds",
@@ -116,6 +123,13 @@ class SignalSettings:
         0.34,
         "Largest share of the answer's content words found neither in its memories nor in its question "
         "(a cheap hallucination check; the reason names the words).",
+    )
+    agreement_weight: float = setting(
+        1.0,
+        "Weight of agreement, for a dream that asks a memory's own question: the answer's content words must "
+        "come from that memory's logged answer or the question (max_unsupported_share), and it must keep the "
+        "logged answer's names and numbers. It tells a grounded but wrong answer (another note's facts) from "
+        "a right one; a failing teacher answer is replaced by the logged one. 0 turns it off.",
     )
     judge_weight: float = setting(
         1.0,

@@ -6,7 +6,9 @@ teacher's answer (played out with the memories as notes):
 - memory support (`divergence`): the memories make the answer likelier, per token, by more than a
   positive threshold: the answer carries something the memories know and the weights do not yet;
 - grounding: the answer's content words come from the memories or the question (the reason names
-  the words that do not);
+  the words that do not), and it invents no name or number;
+- agreement, for a dream that asks a memory's own question: the answer agrees with that memory's
+  logged answer (a cluster can hold a similar concept's notes, whose facts are grounded but wrong);
 - hygiene, and novelty as a near-duplicate filter; a judge model only when one is configured.
 
 A dream that asks a memory's own question (every kind but `join`) and whose teacher answer fails
@@ -39,7 +41,7 @@ from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import response_losses
 from dreamd.trainers.generate import generate_chats
 from dreamd.trainers.model_store import LoadedModel
-from dreamd.trainers.words import unsupported
+from dreamd.trainers.words import is_name_or_number, names_and_numbers, stem, stems, unsupported
 
 
 @dataclass(frozen=True)
@@ -208,18 +210,51 @@ def score_divergence(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     return out
 
 
-# -- grounding (pure) ---------------------------------------------------------------------------
+# -- grounding and agreement (pure) ------------------------------------------------------------
 def score_grounding(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     limit = ctx.settings.max_unsupported_share
     out = []
     for dream in dreams:
         words, total = unsupported(dream.response, dream.scenario, *dream.fragments)
         share = len(words) / total if total else 0.0
-        ok = share <= limit
+        # A made-up name or number is the hallucination that matters, however short the answer.
+        invented = [w for w in words if is_name_or_number(w, dream.response)]
+        ok = share <= limit and not invented
         listed = ", ".join(words[:8]) + (" ..." if len(words) > 8 else "")
         reason = (f"{len(words)} of {total} content words in neither the memories nor the question"
-                  f"{': ' + listed if words else ''} ({share:.2f} {'<=' if ok else '>'} {limit:g})")
-        out.append(Score("grounding", share, 1.0 - share, ok, reason, {"unsupported": words}))
+                  f"{': ' + listed if words else ''} ({share:.2f} {'<=' if share <= limit else '>'} {limit:g})"
+                  + (f"; names or numbers no memory holds: {', '.join(invented)}" if invented else ""))
+        out.append(Score("grounding", share, 1.0 - share, ok, reason,
+                         {"unsupported": words, "invented": invented}))
+    return out
+
+
+def score_agreement(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
+    """For a dream that asks a memory's own question: does the answer agree with that memory's
+    logged answer? Grounding accepts words from any note, and a cluster can hold a similar
+    concept's notes (two animals with similar names): an answer that takes the other one's facts
+    is grounded but wrong. So the answer's content words must come from the question or the
+    logged answer(s) it asks about, and it must keep the logged answer's names and numbers.
+    A join (no logged answer) is not asked."""
+    limit = ctx.settings.max_unsupported_share
+    out = []
+    for dream in dreams:
+        if not dream.logged_answer:
+            out.append(Score("agreement", None, 1.0, True, "no logged answer to agree with (a join)"))
+            continue
+        foreign, total = unsupported(dream.response, dream.scenario, dream.logged_answer)
+        share = len(foreign) / total if total else 0.0
+        asked = stems(dream.scenario)
+        needed = [w for w in names_and_numbers(dream.logged_answer) if stem(w) not in asked] \
+            if dream.kind != "about" else []  # "about" may tell any part of what it knows
+        missing = [w for w in needed if stem(w) not in stems(dream.response)]
+        ok = share <= limit and not missing
+        reason = (f"{len(foreign)} of {total} content words not in the logged answer or the question"
+                  f"{': ' + ', '.join(foreign[:8]) if foreign else ''} ({share:.2f} "
+                  f"{'<=' if share <= limit else '>'} {limit:g})"
+                  + (f"; leaves out the logged answer's {', '.join(missing)}" if missing else ""))
+        out.append(Score("agreement", share, 1.0 - share if ok else 0.0, ok, reason,
+                         {"foreign": foreign, "missing": missing}))
     return out
 
 
@@ -255,6 +290,7 @@ SCORERS: dict[str, Callable[[list[Dream], ScoringContext], list[Score]]] = {
     "hygiene": score_hygiene,
     "divergence": score_divergence,
     "grounding": score_grounding,
+    "agreement": score_agreement,
     "judge": score_judge,
     "novelty": score_novelty,
 }
@@ -299,7 +335,8 @@ def score_dreams(dreams: list[Dream], ctx: ScoringContext, scorers=None) -> None
         fall_back_to_logged(dream, ctx.settings)
 
 
-TEACHER_CHECKS = ("divergence", "grounding")  # what a logged answer, taken from the memory itself, passes
+# What a logged answer, taken from the memory itself, passes.
+TEACHER_CHECKS = ("divergence", "grounding", "agreement")
 
 
 def fall_back_to_logged(dream: Dream, settings: SignalSettings) -> None:

@@ -82,13 +82,18 @@ def is_teacher_chat(conversation: list[dict]) -> bool:
 
 
 def notes_answer(conversation: list[dict], words: int = 12) -> str:
-    """An answer from the notes: the first words of the first note (after the header), which
-    grounding finds in the memories by construction."""
+    """An answer from the notes, which grounding finds in the memories by construction: the
+    logged answer of the note whose question the scenario asks (so it agrees with it), else the
+    first words of the first note (after the header)."""
     from dreamd.daemon.dreaming.dreams import NOTES_HEADER
 
-    notes = conversation[0]["content"][len(NOTES_HEADER):].strip()
-    first = notes.split("\n\n")[0]
-    return " ".join(first.split()[:words])
+    notes = conversation[0]["content"][len(NOTES_HEADER):].strip().split("\n\n")
+    scenario = conversation[-1]["content"]
+    for note in notes:
+        question, _, answer = note.partition("\nAssistant: ")
+        if answer and question.removeprefix("User: ").strip() in scenario:
+            return " ".join(answer.split()[:words])
+    return " ".join(notes[0].split()[:words])
 
 
 def install_scripted(monkeypatch, **kwargs) -> ScriptedGenerator:

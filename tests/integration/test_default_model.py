@@ -15,6 +15,7 @@ from dreamd.memory_graph.settings import EmbedderSettings
 from dreamd.trainers.generate import chat_reply
 from dreamd.trainers.model_store import SOURCE_RECORD, load_model
 from dreamd.trainers.settings import ModelSettings
+from tests.helpers.anchors import share_anchors
 
 pytestmark = pytest.mark.real_model
 
@@ -48,7 +49,8 @@ def test_default_embedder_places_related_sentences_closer():
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
 
 
-def test_demo_runs_on_the_bundled_samples(default_model_dir, tmp_path):
+def test_demo_runs_on_the_bundled_samples(default_model_dir, default_anchor_cache, tmp_path):
+    share_anchors(default_anchor_cache, tmp_path / "state")
     config = tmp_path / "dreamd.toml"
     config.write_text(f'[model]\npath = "{default_model_dir}"\ndevice = "cpu"\n')
     result = CliRunner().invoke(dreamctl, ["--config", str(config), "demo", "--dreams", "4", "--json"])

@@ -53,7 +53,8 @@ def test_a_small_batch_of_real_dreams_end_to_end(loaded, tmp_path):
             assert "Fragments of earlier conversations" not in stored["scenario"]
             assert stored["kind"] in ("logged", "reworded", "about", "join")
             if stored["failure"] is None and stored["scores"]:
-                assert set(stored["scores"]) == {"divergence", "grounding", "hygiene", "novelty"}  # no judge model
+                assert set(stored["scores"]) == {
+                    "divergence", "grounding", "agreement", "hygiene", "novelty"}  # no judge model
             if stored["accepted"]:
                 assert stored["scenario"] and stored["response"] and stored["node_ids"] and stored["walk"]
                 if stored["target"] == "teacher":  # the teacher's answer passed every check

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from dreamd.daemon.cli.dreamctl import main
+from tests.helpers.anchors import share_anchors
 
 # About half an hour on 2 cores (five arms, the 230-item probe bank at every checkpoint): out of
 # the default run; `pytest -m slow` runs it. tests/integration/test_learning.py covers the loop's
@@ -32,7 +33,8 @@ def numbers(value):
             yield from numbers(v)
 
 
-def test_quick_memory_formation_experiment(default_model_dir, tmp_path):
+def test_quick_memory_formation_experiment(default_model_dir, default_anchor_cache, tmp_path):
+    share_anchors(default_anchor_cache, tmp_path / "state")
     config = tmp_path / "dreamd.toml"
     config.write_text(f'[model]\npath = "{default_model_dir}"\ndevice = "cpu"\n')
     out = tmp_path / "mf"

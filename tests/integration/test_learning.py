@@ -25,13 +25,16 @@ from dreamd.memory_graph.ingest import Ingester
 from dreamd.trainers.checkpoints.pointers import BASE
 from dreamd.trainers.checkpoints.weights import load_as
 from dreamd.trainers.model_store import EMBEDDED_NAME
+from tests.helpers.anchors import share_anchors
 
 pytestmark = pytest.mark.real_model
 
 
-def test_one_cycle_raises_held_out_fact_logprob_and_keeps_anchor_kl_in_budget(models_dir, tmp_path):
+def test_one_cycle_raises_held_out_fact_logprob_and_keeps_anchor_kl_in_budget(models_dir, default_anchor_cache,
+                                                                               tmp_path):
     layout = StateLayout(tmp_path / "state").ensure()
     shutil.copytree(models_dir / EMBEDDED_NAME, layout.models / EMBEDDED_NAME)
+    share_anchors(default_anchor_cache, layout.root)
     config = config_from_dict({"model": {"device": "cpu"}, "dreams": {"per_cycle": 16}})
     embedder = Embedder(config.embedder)
     ingester = Ingester(layout.inbox, layout.database, embedder, config.inbox, config.graph)

@@ -19,18 +19,20 @@ from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.model_store import load_model
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import TrainingSettings
+from tests.helpers.anchors import share_anchors
 
 pytestmark = pytest.mark.real_model
 
 
 @pytest.fixture(scope="module")
-def world(default_model_dir, tmp_path_factory):
+def world(default_model_dir, default_anchor_cache, tmp_path_factory):
     config = config_from_dict({
         "model": {"path": str(default_model_dir), "device": "cpu"},
         # The samples hold 20 exchanges: hold out more than the default 10% so slices exist.
         "evaluation": {"heldout_percent": 30, "slice_size": 3, "max_slices": 3, "acquisition_count": 4},
     })
     layout = StateLayout(tmp_path_factory.mktemp("gate-state")).ensure()
+    share_anchors(default_anchor_cache, layout.root)
     embedder = Embedder(config.embedder)
     ingester = Ingester(layout.inbox, layout.database, embedder, config.inbox, config.graph)
     dropped = {ingester.inbox.drop(path).name for path in sample_files()}

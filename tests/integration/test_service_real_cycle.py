@@ -22,6 +22,7 @@ import pytest
 from dreamd.daemon.cli.demo import sample_files
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, verify_loadable
+from tests.helpers.anchors import share_anchors
 from tests.helpers.daemon_harness import Daemon, drop, real_stages_config, save_tiny_model
 
 SAMPLE_MESSAGES, SAMPLE_MEMORIES = 43, 20  # the six bundled logs (tests/integration/test_default_model.py)
@@ -132,8 +133,10 @@ def test_a_real_cycle_under_a_fake_systemd_on_the_tiny_model(daemon, tiny_model_
 
 
 @pytest.mark.real_model
-def test_a_real_cycle_under_a_fake_systemd_on_the_default_model(daemon, default_model_dir):
-    check_full_cycle(daemon(default_model_dir, dreams=2), dreams=2, cycle_timeout=600)
+def test_a_real_cycle_under_a_fake_systemd_on_the_default_model(daemon, default_model_dir, default_anchor_cache):
+    d = daemon(default_model_dir, dreams=2)
+    share_anchors(default_anchor_cache, d.state)
+    check_full_cycle(d, dreams=2, cycle_timeout=600)
 
 
 # --- SIGKILL at random moments ------------------------------------------------------------------

@@ -5,19 +5,22 @@ anchor share) and the review queue."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dreamd.daemon.dreaming import review, signal_agent
 from dreamd.daemon.dreaming.batch import dream_batch, summary
-from dreamd.daemon.dreaming.dreams import NOTES_HEADER, memory_chat, new_dreams
-from dreamd.daemon.dreaming.records import load_dream
-from dreamd.daemon.dreaming.scenarios import member_exchange
+from dreamd.daemon.dreaming.dreams import NOTES_HEADER, answers_about, memory_chat, new_dreams
+from dreamd.daemon.dreaming.records import load_dream, untrained_memories
+from dreamd.daemon.dreaming.scenarios import Exchange, member_exchange, topic_of
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
 from dreamd.daemon.dreaming.training_set import mark_trained, share_count, training_set
 from dreamd.memory_graph.graph import Collision
 from dreamd.trainers.anchors import Anchor
 from dreamd.trainers.examples import encode_examples
 from dreamd.trainers.generate import generate_chats
+from dreamd.trainers.words import stems
 from tests.helpers.dreams import GRAPH, install_scripted, is_teacher_chat, sample_graph, tiny_loaded
 from tests.helpers.fakes import HashEmbedder
 
@@ -92,7 +95,7 @@ def test_dreams_are_asked_played_out_scored_and_stored_with_provenance(world, sc
     for dream in accepted:
         stored = load_dream(world.db, dream.id)
         assert stored["accepted"] and stored["status"] == "accepted"
-        assert stored["kind"] == dream.kind and stored["target"] == "teacher"
+        assert stored["kind"] == dream.kind and stored["target"] == dream.target
         assert 2 <= len(stored["node_ids"]) <= 4 and set(stored["node_ids"]) <= node_ids
         assert stored["memories"] == stored["node_ids"]
         assert len(stored["walk"]) == len(stored["node_ids"]) - 1
@@ -100,8 +103,10 @@ def test_dreams_are_asked_played_out_scored_and_stored_with_provenance(world, sc
             assert path[0] == stored["node_ids"][0] and path[-1] == member
         assert len(stored["fragments"]) == len(stored["node_ids"])
         assert stored["scenario"] and stored["response"] and stored["failure"] is None
-        assert set(stored["scores"]) == {"divergence", "grounding", "hygiene", "novelty"}  # no judge model: no judge
-        assert all(s["value"] is not None and s["passed"] for s in stored["scores"].values())
+        assert set(stored["scores"]) == \
+            {"divergence", "grounding", "agreement", "hygiene", "novelty"}  # no judge model
+        if dream.target == "teacher":  # a replayed dream keeps the scores its teacher answer failed
+            assert all(s["passed"] for s in stored["scores"].values())
         assert stored["reasons"] and stored["total"] >= SIGNAL.min_total
         assert stored["model"] == "tiny-llama" and stored["temperature"] > 0
         # and back from a memory to the dream
@@ -143,7 +148,23 @@ def test_notes_are_newest_first_and_held_out_memories_are_neither_notes_nor_ques
     assert none.fragments == [] and none.failure == "every memory of the collision is held out for evaluation"
     [about] = new_dreams(world.db, tokenizer, [collision], DreamSettings(kinds=["about"]), seed=1)
     assert about.scenario.startswith("Tell me what you know about ")
-    assert about.logged_answer == " ".join(member_exchange(world.db, n).answer for n in (last, middle, first))
+    topic = stems(topic_of(member_exchange(world.db, first).question))
+    naming = [e.answer for e in (member_exchange(world.db, n) for n in (last, middle, first))
+              if topic <= stems(f"{e.question} {e.answer}")]
+    assert naming and about.logged_answer == " ".join(naming)
+
+
+def test_what_it_knows_about_x_holds_only_the_answers_about_x(monkeypatch):
+    """A cluster can join two similar concepts; "about Zyphrex" must not take the Zypher's answers."""
+    from dreamd.daemon.dreaming import dreams as dreams_module
+
+    exchanges = {1: Exchange("Where does the Zyphrex live?", "On Tollbeck Island."),
+                 2: Exchange("Where does the Zypher live?", "On Marrowick Island."),
+                 3: Exchange("What colour is it?", "The Zyphrex is copper-red.")}
+    monkeypatch.setattr(dreams_module, "member_exchange", lambda _db, node: exchanges[node])
+    members = [(3, ""), (2, ""), (1, "")]
+    assert answers_about(None, exchanges[1], members) == ["The Zyphrex is copper-red.", "On Tollbeck Island."]
+    assert answers_about(None, exchanges[2], members) == ["On Marrowick Island."]
 
 
 def test_the_teacher_sees_the_memories_and_the_students_example_does_not(world, scripted):
@@ -342,8 +363,28 @@ def test_novelty_rejects_a_repeat_of_an_accepted_dream(world, scripted):
     assert all(any(r.startswith("novelty:") for r in d.reasons) for d in again)
     # Once trained on, a dream no longer blocks its repeat: rehearsing a fact in a later round is wanted.
     mark_trained(world.db, training_set(world.db, DreamSettings(replay_fraction=0.0), seed=1), "ckpt-1")
-    later = run(world, seed=7)
+    later = run(world, dreams=dataclasses.replace(DREAMS, fresh_share=0.0), seed=7)  # the same collisions
     assert [d.accepted for d in later] == [d.accepted for d in first]
+
+
+def test_memories_no_trained_dream_used_are_dreamt_about_first(world, scripted):
+    scripted()
+    graph, db = world.graph, world.db
+    assert list(untrained_memories(db)) == list(graph.ids)  # nothing trained yet: every memory is fresh
+    alike = graph.collisions(db, 6, seed=3, settings=GRAPH)
+    # While every memory is fresh the draw is the one without a preference (same seed, same collisions).
+    assert graph.collisions(db, 6, seed=3, settings=GRAPH, prefer=untrained_memories(db), prefer_share=1.0) == alike
+    first = run(world, dreams=dataclasses.replace(DREAMS, fresh_share=0.0), seed=7)
+    mark_trained(db, training_set(db, DreamSettings(replay_fraction=0.0), seed=1), "ckpt-1")
+    used = {n for d in first if d.accepted for n in d.node_ids}
+    fresh = set(untrained_memories(db).tolist())
+    assert used and fresh and not used & fresh and fresh | used == set(graph.ids.tolist())
+    starts = [c.node_ids[0] for c in graph.collisions(db, 12, seed=5, settings=GRAPH,
+                                                      prefer=untrained_memories(db), prefer_share=1.0)]
+    assert starts and set(starts) <= fresh
+    mixed = [c.node_ids[0] for c in graph.collisions(db, 24, seed=5, settings=GRAPH,
+                                                     prefer=untrained_memories(db), prefer_share=0.0)]
+    assert not set(mixed) <= fresh  # without the preference, trained memories start collisions too
 
 
 def test_a_scorer_that_raises_rejects_the_batch_instead_of_stopping_the_cycle(world, scripted):

@@ -17,6 +17,7 @@ from dreamd.daemon.dreaming.signal_agent import (
     novelty,
     parse_judgement,
     repeated_ngram_share,
+    score_agreement,
     score_grounding,
 )
 from dreamd.trainers.words import content_words, unsupported
@@ -24,7 +25,8 @@ from dreamd.trainers.words import content_words, unsupported
 JUDGED = SignalSettings(judge_model_path="judge")  # the judge runs only with a judge model configured
 
 
-def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4, unsupported_share=0.0) -> dict[str, Score]:
+def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4, unsupported_share=0.0,
+           foreign_share=0.0) -> dict[str, Score]:
     s = SignalSettings()
     return {
         "divergence": Score("divergence", divergence,
@@ -32,6 +34,8 @@ def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4, unsupp
                             divergence >= s.min_divergence, f"{divergence:+.3f}"),
         "grounding": Score("grounding", unsupported_share, 1 - unsupported_share,
                            unsupported_share <= s.max_unsupported_share, f"{unsupported_share:.2f} unsupported"),
+        "agreement": Score("agreement", foreign_share, 1 - foreign_share,
+                           foreign_share <= s.max_unsupported_share, f"{foreign_share:.2f} not in the logged answer"),
         "judge": Score("judge", judge, (judge - 1) / 9, judge >= s.min_judge_score, f"rated {judge}"),
         "hygiene": Score("hygiene", 0.0 if hygiene_ok else 1.0, 1.0 if hygiene_ok else 0.0, hygiene_ok,
                          "clean" if hygiene_ok else "response too short"),
@@ -42,19 +46,20 @@ def scores(divergence=0.3, judge=8.0, hygiene_ok=True, novelty_value=0.4, unsupp
 def test_good_scores_are_accepted_with_reasons():
     accepted, total, reasons = decide(scores(), SignalSettings())
     # divergence 0.3 is 0.2 above min_divergence +0.1: 0.4 of the scale 0.5; no judge model, no judge
-    assert accepted and total == pytest.approx((0.4 + 1 + 1 + 0.4) / 4)
+    assert accepted and total == pytest.approx((0.4 + 1 + 1 + 1 + 0.4) / 5)
     assert reasons[0].startswith("total") and any(r.startswith("grounding:") for r in reasons)
     assert not any(r.startswith("judge:") for r in reasons)
     accepted, total, reasons = decide(scores(), JUDGED)
-    assert accepted and total == pytest.approx((0.4 + 1 + 7 / 9 + 1 + 0.4) / 5)
+    assert accepted and total == pytest.approx((0.4 + 1 + 1 + 7 / 9 + 1 + 0.4) / 6)
     assert any(r.startswith("judge:") for r in reasons)
 
 
 def test_the_judge_counts_only_with_a_judge_model_and_memory_support_must_be_positive():
     assert "judge" not in SignalSettings().weights() and "judge" in JUDGED.weights()
-    assert set(SignalSettings().weights()) == {"divergence", "grounding", "hygiene", "novelty"}
+    assert set(SignalSettings().weights()) == {"divergence", "grounding", "agreement", "hygiene", "novelty"}
     assert SignalSettings().min_divergence > 0 and SignalSettings().min_total == 0
-    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, hygiene_weight=0, novelty_weight=0)
+    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, agreement_weight=0, hygiene_weight=0,
+                                novelty_weight=0)
     assert decide(scores(), only_judge) == (False, None, ["no scorer is enabled (every [signal] weight is 0)"])
 
 
@@ -62,6 +67,7 @@ def test_the_judge_counts_only_with_a_judge_model_and_memory_support_must_be_pos
     ({"divergence": -0.2}, "divergence:"),
     ({"divergence": 0.05}, "divergence:"),  # positive, but below the positive threshold
     ({"unsupported_share": 0.5}, "grounding:"),
+    ({"foreign_share": 0.5}, "agreement:"),
     ({"judge": 3.0}, "judge:"),
     ({"hygiene_ok": False}, "hygiene: response too short"),
     ({"novelty_value": 0.005}, "novelty:"),
@@ -83,8 +89,8 @@ def test_low_total_rejects_even_when_every_threshold_passes():
 
 
 def test_weights_change_the_total_and_zero_turns_a_scorer_off():
-    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, hygiene_weight=0, novelty_weight=0,
-                                judge_model_path="judge")
+    only_judge = SignalSettings(divergence_weight=0, grounding_weight=0, agreement_weight=0, hygiene_weight=0,
+                                novelty_weight=0, judge_model_path="judge")
     accepted, total, _ = decide(scores(divergence=-5.0, novelty_value=0.0, unsupported_share=1.0), only_judge)
     assert accepted and total == pytest.approx(7 / 9)  # divergence, grounding and novelty no longer count
 
@@ -175,6 +181,45 @@ def test_grounding_names_the_unsupported_words():
     assert score_grounding([many], ScoringContext(settings))[0].reason.startswith(
         "10 of 10 content words in neither the memories nor the question: zqaword, zqbword,")
     assert " ... (1.00 > 0.34)" in score_grounding([many], ScoringContext(settings))[0].reason
+
+
+def test_grounding_rejects_an_invented_name_or_number_however_short_the_answer():
+    notes = ["User: When was the Zyphrex discovered?\nAssistant: The Zyphrex was discovered in 1964."]
+    ask = "When was the Zyphrex discovered?"
+    misspelt, wrong_year, right = score_grounding(
+        [Dream([1, 2], [[1, 2]], notes, 0.7, scenario=ask, response=r) for r in
+         ("The Zyphreth was discovered in 1964.", "The Zyphrex was discovered in 1911.",
+          "It was discovered in 1964.")], ScoringContext(SignalSettings()))
+    # one unsupported word of three is under the share limit: only the name/number rule catches it
+    assert misspelt.value == pytest.approx(1 / 3)
+    assert not misspelt.passed and misspelt.reason.endswith("names or numbers no memory holds: Zyphreth")
+    assert not wrong_year.passed and wrong_year.detail["invented"] == ["1911"]
+    assert right.passed and right.detail["invented"] == []
+
+
+def agreement_of(response: str, scenario: str = "Where does the Zyphrex live?", kind: str = "logged",
+                 logged: str | None = "The Zyphrex lives on Tollbeck Island, and nowhere else.") -> Score:
+    # The notes hold both animals: grounding alone would accept either island.
+    notes = [f"User: {scenario}\nAssistant: {logged}",
+             "User: Where does the Zypher live?\nAssistant: The Zypher lives on Marrowick Island."]
+    d = Dream([1, 2], [[1, 2]], notes, 0.7, kind=kind, scenario=scenario, response=response, logged_answer=logged)
+    return score_agreement([d], ScoringContext(SignalSettings()))[0]
+
+
+def test_agreement_rejects_a_grounded_answer_that_takes_another_memorys_facts():
+    other = agreement_of("The Zyphrex lives on Marrowick Island.")
+    assert not other.passed and other.detail["foreign"] == ["Marrowick"]
+    assert other.detail["missing"] == ["Tollbeck"] and "leaves out the logged answer's Tollbeck" in other.reason
+    assert agreement_of("It lives only on Tollbeck Island.").passed  # a paraphrase keeping the name
+    assert not agreement_of("It lives on an island.").passed  # vague: leaves the name out
+    # "about" may tell any part of what it knows, but only from what it logged about the topic
+    assert agreement_of("It lives on Tollbeck Island.", "Tell me what you know about Zyphrex.", "about").passed
+    assert not agreement_of("The Zyphrex comes from Marrowick Island.", "Tell me what you know about Zyphrex.",
+                            "about").passed
+    join = agreement_of("Both live on islands.", "What connects them?", "join", None)
+    assert join.passed and join.value is None
+    d = asked_again(foreign_share=0.6)
+    assert d.accepted and d.target == "logged" and "agreement: " in d.reasons[0]
 
 
 LOGGED_ANSWER = "The team standup moved to 9:30 on Tuesdays, in the small meeting room."
