@@ -41,7 +41,7 @@ from dreamd.trainers.examples import TrainingExample
 from dreamd.trainers.gate.metrics import response_losses
 from dreamd.trainers.generate import generate_chats
 from dreamd.trainers.model_store import LoadedModel
-from dreamd.trainers.words import is_name_or_number, names_and_numbers, stem, stems, unsupported
+from dreamd.trainers.words import is_name_or_number, key_words, names_and_numbers, stem, stems, unsupported
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,9 @@ def score_agreement(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     logged answer? Grounding accepts words from any note, and a cluster can hold a similar
     concept's notes (two animals with similar names): an answer that takes the other one's facts
     is grounded but wrong. So the answer's content words must come from the question or the
-    logged answer(s) it asks about, and it must keep the logged answer's names and numbers.
+    logged answer(s) it asks about, and it must keep the logged answer's names and numbers and at
+    least half of what else that answer adds to the question (an answer that says nothing agrees
+    with nothing).
     A join (no logged answer) is not asked."""
     limit = ctx.settings.max_unsupported_share
     out = []
@@ -244,10 +246,14 @@ def score_agreement(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
             continue
         foreign, total = unsupported(dream.response, dream.scenario, dream.logged_answer)
         share = len(foreign) / total if total else 0.0
-        asked = stems(dream.scenario)
-        needed = [w for w in names_and_numbers(dream.logged_answer) if stem(w) not in asked] \
-            if dream.kind != "about" else []  # "about" may tell any part of what it knows
-        missing = [w for w in needed if stem(w) not in stems(dream.response)]
+        asked, said = stems(dream.scenario), stems(dream.response)
+        missing: list[str] = []
+        if dream.kind != "about":  # "about" may tell any part of what it knows
+            # Its names and numbers, and at least half of what else it adds to the question.
+            adds = key_words(dream.logged_answer, dream.scenario)
+            missing = [w for w in names_and_numbers(dream.logged_answer) if stem(w) not in asked | said]
+            if adds and sum(stem(w) in said for w in adds) < 0.5 * len(adds):
+                missing += [w for w in adds if stem(w) not in said and w not in missing]
         ok = share <= limit and not missing
         reason = (f"{len(foreign)} of {total} content words not in the logged answer or the question"
                   f"{': ' + ', '.join(foreign[:8]) if foreign else ''} ({share:.2f} "

@@ -209,9 +209,14 @@ def agreement_of(response: str, scenario: str = "Where does the Zyphrex live?", 
 def test_agreement_rejects_a_grounded_answer_that_takes_another_memorys_facts():
     other = agreement_of("The Zyphrex lives on Marrowick Island.")
     assert not other.passed and other.detail["foreign"] == ["Marrowick"]
-    assert other.detail["missing"] == ["Tollbeck"] and "leaves out the logged answer's Tollbeck" in other.reason
+    assert other.detail["missing"][0] == "Tollbeck" and "leaves out the logged answer's Tollbeck" in other.reason
     assert agreement_of("It lives only on Tollbeck Island.").passed  # a paraphrase keeping the name
     assert not agreement_of("It lives on an island.").passed  # vague: leaves the name out
+    # Says nothing of what the logged answer adds ("It walks on six legs."): nothing to agree with.
+    empty = agreement_of("You forgot to remind me.", "I forgot, can you remind me? Count the Zyphrex's legs.",
+                         logged="It walks on six legs.")
+    assert not empty.passed and empty.detail["missing"] == ["walks", "six"]
+    assert agreement_of("The Zyphrex has six legs.", "Count the Zyphrex's legs.", logged="It walks on six legs.").passed
     # "about" may tell any part of what it knows, but only from what it logged about the topic
     assert agreement_of("It lives on Tollbeck Island.", "Tell me what you know about Zyphrex.", "about").passed
     assert not agreement_of("The Zyphrex comes from Marrowick Island.", "Tell me what you know about Zyphrex.",
