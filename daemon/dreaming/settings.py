@@ -128,7 +128,8 @@ class SignalSettings:
         1.0,
         "Weight of agreement, for a dream that asks a memory's own question: the answer's content words must "
         "come from that memory's logged answer or the question (max_unsupported_share), and it must keep the "
-        "logged answer's names and numbers. It tells a grounded but wrong answer (another note's facts) from "
+        "logged answer's names and numbers and at least half of what else it adds to the question. It "
+        "tells a grounded but wrong answer (another note's facts) from "
         "a right one; a failing teacher answer is replaced by the logged one. 0 turns it off.",
     )
     judge_weight: float = setting(
