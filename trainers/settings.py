@@ -185,6 +185,12 @@ class GateSettings:
     max_probe_accuracy_drop: float = setting(
         0.02, "Damage: largest fall of the general probes' greedy accuracy against the base (0.02 = 2 points)."
     )
+    probe_accuracy_significance: float = setting(
+        0.05,
+        "Damage: a probe accuracy fall past max_probe_accuracy_drop counts only if, probe by probe, the candidate "
+        "lost more of the base's right answers than it gained beyond chance: a one-sided sign test's p-value under "
+        "this. 1 makes every fall past the budget damage.",
+    )
     max_probe_loss_increase: float = setting(
         0.03, "Damage: largest relative rise of the general probes' reference-answer loss against the base (+3%)."
     )
@@ -226,6 +232,8 @@ class GateSettings:
             require(0 <= value <= 10, name, "a number from 0 to 10", value)
         for name in ("max_probe_accuracy_drop", "max_learning_recall_drop", "max_retention_recall_drop"):
             require(0 <= getattr(self, name) <= 1, name, "from 0 to 1", getattr(self, name))
+        require(0 < self.probe_accuracy_significance <= 1, "probe_accuracy_significance", "above 0, at most 1",
+                self.probe_accuracy_significance)
         require(self.max_kl_to_base > 0, "max_kl_to_base", "a positive number of nats", self.max_kl_to_base)
         require(-1 <= self.min_fingerprint_similarity <= 1, "min_fingerprint_similarity", "from -1 to 1",
                 self.min_fingerprint_similarity)

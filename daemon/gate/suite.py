@@ -29,6 +29,9 @@ from dreamd.trainers.settings import EvalSettings
 from dreamd.trainers.words import content_words
 
 KEYWORDS_PER_QUESTION = 5
+# Part of the suite's key: raised when an evaluation measures something new (2: per-probe hits),
+# so evaluations stored without it are measured again rather than compared on less.
+MEASURES_VERSION = 2
 
 
 def is_held_out(message_sha256: str, percent: int) -> bool:
@@ -107,5 +110,6 @@ def build_suite(db: Database, settings: EvalSettings, anchors: list[Anchor] = ()
         "probes": [p.id for p in suite.probes],
         "fingerprint": suite.fingerprint_prompts,
         "max_new_tokens": suite.max_new_tokens,
+        "measures": MEASURES_VERSION,
     }
     return suite, hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]

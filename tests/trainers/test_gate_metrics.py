@@ -106,6 +106,9 @@ def test_base_against_itself_has_zero_kl_and_identical_fingerprint(tiny, suite):
     metrics, _ = evaluate(tiny, suite, fake_embed, base)
     assert metrics["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["fingerprint_to_base"] == pytest.approx(1.0, abs=1e-5)
+    # Which probes it answered, in bank order, for the gate's probe-by-probe comparison.
+    assert set(metrics["probe_hits"]) <= {"0", "1"} and len(metrics["probe_hits"]) == len(suite.probes)
+    assert metrics["probe_hits"].count("1") / len(suite.probes) == pytest.approx(metrics["probe_accuracy"])
     for key in ("acquisition_loss", "retention_loss"):
         assert metrics[key] > 0
     for key in ("acquisition_recall", "retention_recall"):

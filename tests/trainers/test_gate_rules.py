@@ -2,7 +2,14 @@ import math
 
 import pytest
 
-from dreamd.trainers.gate.rules import FAMILIES, cumulative_forgetting, decide, forgetting_per_slice
+from dreamd.trainers.gate.rules import (
+    FAMILIES,
+    cumulative_forgetting,
+    decide,
+    forgetting_per_slice,
+    lost_and_gained,
+    sign_test,
+)
 from dreamd.trainers.settings import GateSettings
 
 
@@ -52,6 +59,49 @@ def test_each_regression_rejects_and_says_why(overrides, family, failing):
     assert family in decision.failed
     assert any(reason.startswith(f"{family}: {failing} ") for reason in decision.reasons), decision.reasons
     assert decision.summary().startswith("rejected (")
+
+
+def hits(right: int, wrong: int) -> str:
+    return "1" * right + "0" * wrong
+
+
+def test_an_accuracy_fall_past_the_budget_that_chance_explains_is_not_damage():
+    # 100 probes, base 50 right. The candidate: 14 of the base's right answers lost, 10 others
+    # gained (4 points down): lost and gained so evenly split happen by chance (p 0.27).
+    base = metrics(probe_accuracy=0.5, probe_hits=hits(50, 50))
+    noisy = hits(36, 14) + hits(10, 40)
+    decision = decide(metrics(probe_accuracy=0.46, probe_hits=noisy), metrics(), base, GateSettings())
+    accuracy = next(c for c in decision.checks if c.metric == "probe_accuracy_drop")
+    assert decision.promote and accuracy.passed
+    assert "14 probes lost, 10 gained" in accuracy.describe() and "not beyond chance" in accuracy.describe()
+
+
+def test_an_accuracy_fall_that_loses_probe_after_probe_is_damage():
+    # A like fall, but every answer that changed got worse: not chance.
+    base = metrics(probe_accuracy=0.5, probe_hits=hits(50, 50))
+    consistent = hits(45, 5) + hits(0, 50)  # 5 lost, none gained: p 1/32
+    decision = decide(metrics(probe_accuracy=0.45, probe_hits=consistent), metrics(), base, GateSettings())
+    assert not decision.promote and decision.failed == ["damage"]
+    assert decision.reasons == ["damage: probe_accuracy_drop 0.05 (<= 0.02; 5 probes lost, 0 gained, "
+                                "sign test p 0.031, beyond chance): FAILED"]
+
+
+def test_without_a_probe_record_or_with_the_test_off_the_bare_budget_decides():
+    base = metrics(probe_accuracy=0.5, probe_hits=hits(50, 50))
+    noisy = metrics(probe_accuracy=0.46, probe_hits=hits(36, 14) + hits(10, 40))
+    assert not decide(noisy, metrics(), metrics(probe_accuracy=0.5), GateSettings()).promote  # base has no record
+    assert not decide(metrics(probe_accuracy=0.46, probe_hits="10"), metrics(), base, GateSettings()).promote
+    assert not decide(noisy, metrics(), base, GateSettings(probe_accuracy_significance=1.0)).promote
+    # Within the budget the test is not needed: one lost probe passes.
+    assert decide(metrics(probe_accuracy=0.49, probe_hits=hits(49, 51)), metrics(), base, GateSettings()).promote
+
+
+def test_sign_test_and_probe_pairs():
+    assert lost_and_gained("1100", "1010") == (1, 1)  # candidate first, then base
+    assert lost_and_gained("0000", "1111") == (4, 0) and lost_and_gained(None, "1") is None
+    assert sign_test(0, 0) == 1.0 and sign_test(5, 0) == 1 / 32
+    assert sign_test(14, 10) == pytest.approx(0.2706, abs=1e-4)
+    assert sign_test(3, 3) > 0.5 > sign_test(10, 1)
 
 
 def test_failing_only_a_learning_check_names_only_learning():
@@ -132,6 +182,7 @@ def test_forgetting_and_backward_transfer_per_slice():
     ({"max_learning_loss_increase": -0.1}, "max_learning_loss_increase"),
     ({"max_retention_recall_drop": 1.5}, "max_retention_recall_drop"),
     ({"max_kl_to_base": 0.0}, "max_kl_to_base"),
+    ({"probe_accuracy_significance": 0.0}, "probe_accuracy_significance"),
 ])
 def test_gate_settings_reject_bad_values_naming_the_key(values, key):
     with pytest.raises(ValueError) as caught:

@@ -5,7 +5,7 @@ Metrics (lower loss is better; all are means), in the gate's three families:
 damage — only on what the memories do not touch:
 - probe_loss / probe_accuracy: the general probe bank (trainers/probes.jsonl, 200+ items of
   several kinds), the loss of each reference answer and whether the greedy answer holds an
-  accepted string;
+  accepted string (probe_hits: which ones, so the gate can compare probe by probe);
 - kl_to_base: KL(base || candidate) of the next-token distributions on the *answer* tokens of the
   anchor bank (trainers/anchors.py) — not on prompts or system text, where any change would count;
   the base's side is kept as its top-k tokens and the rest of its mass (a close approximation);
@@ -167,9 +167,16 @@ def mean_kl(reference: list[TopK], candidate: list[torch.Tensor]) -> float:
     return total / max(count, 1)
 
 
+def probe_hits(replies: list[str], probes: list[Probe]) -> str:
+    """Which probes the greedy replies answered ("1") or missed ("0"), in bank order: the gate
+    compares them probe by probe with the base's (trainers/gate/rules.py, `paired_loss`)."""
+    return "".join("1" if any(a.lower() in reply.lower() for a in probe.accept) else "0"
+                   for reply, probe in zip(replies, probes, strict=True))
+
+
 def greedy_accuracy(replies: list[str], probes: list[Probe]) -> float:
-    hits = [any(a.lower() in reply.lower() for a in probe.accept) for reply, probe in zip(replies, probes, strict=True)]
-    return sum(hits) / max(len(hits), 1)
+    hits = probe_hits(replies, probes)
+    return hits.count("1") / max(len(hits), 1)
 
 
 def recall(replies: list[str], items: list[TrainingExample]) -> float | None:
@@ -231,6 +238,7 @@ def evaluate(loaded: LoadedModel, suite: EvalSuite, embed, base: BaseReference |
         "slice_losses": {name: _mean(losses[f"slice:{name}"]) for name in slices},
         "probe_loss": _mean(losses["probes"]),
         "probe_accuracy": greedy_accuracy(replies["probes"], suite.probes),
+        "probe_hits": probe_hits(replies["probes"], suite.probes),
         "kl_to_base": mean_kl(base.anchor_top_k, answer_logprobs(loaded, suite.anchors))
         if base and suite.anchors else 0.0,
         "fingerprint_to_base": _similarity(fingerprint, base.fingerprint if base else fingerprint),

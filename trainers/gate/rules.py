@@ -5,7 +5,12 @@ check belongs to one family, and a rejection names the families that failed:
 
 - damage: general probes (accuracy and reference loss) and KL on the anchor answers, against the
   frozen *base* — lifetime budgets, so a slow erosion over many small promoted rounds is caught
-  (each round may pass against its parent while the sum does not pass against the base);
+  (each round may pass against its parent while the sum does not pass against the base). An
+  accuracy fall past its budget is damage only when it is more than chance: probe by probe, the
+  candidate must have lost significantly more of the base's right answers than it gained (a sign
+  test). On the default 135M model a round's greedy accuracy on 230 probes moves by several
+  points with the training seed alone, both ways, so the bare budget rejected noise (measured:
+  the README's "The quality gate");
 - learning: the newest memories asked in other words must not get worse against `current`;
 - retention: older memories asked in other words, and the held-out exchanges, must not get worse
   against `current` (beyond a tolerance), nor drift from the base.
@@ -31,10 +36,12 @@ class Check:
     passed: bool
     rule: str
     family: str = "damage"
+    detail: str = ""  # what else the verdict rests on, for the reason
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return f"{self.family}: {self.metric} {self.value:.4g} ({self.rule} {self.limit:.4g}): {verdict}"
+        detail = f"; {self.detail}" if self.detail else ""
+        return f"{self.family}: {self.metric} {self.value:.4g} ({self.rule} {self.limit:.4g}{detail}): {verdict}"
 
 
 @dataclass
@@ -82,8 +89,7 @@ def decide(candidate: dict, current: dict | None, base: dict, settings: GateSett
         if not math.isfinite(number):
             checks.append(Check(name, number, 0.0, False, "finite", family_of(name)))
 
-    check("damage", "probe_accuracy_drop", base["probe_accuracy"] - candidate["probe_accuracy"],
-          settings.max_probe_accuracy_drop, "<=")
+    checks.append(accuracy_check(candidate, base, settings))
     check("damage", "probe_loss_rise", relative_rise(candidate["probe_loss"], base["probe_loss"]),
           settings.max_probe_loss_increase, "<=")
     check("damage", "kl_to_base", candidate["kl_to_base"], settings.max_kl_to_base, "<=")
@@ -105,6 +111,39 @@ def decide(candidate: dict, current: dict | None, base: dict, settings: GateSett
     check("retention", "cumulative_forgetting", cumulative_forgetting(candidate["slice_losses"], base["slice_losses"]),
           settings.max_cumulative_forgetting, "<=")
     return Decision(promote=all(c.passed for c in checks), checks=checks)
+
+
+def accuracy_check(candidate: dict, base: dict, settings: GateSettings) -> Check:
+    """Damage by probe accuracy: a fall within `max_probe_accuracy_drop` passes; a larger one fails
+    when the probes lost against the base outnumber those gained beyond chance (one-sided sign
+    test under `probe_accuracy_significance`), or when there is no probe-by-probe record to test."""
+    drop, limit = base["probe_accuracy"] - candidate["probe_accuracy"], settings.max_probe_accuracy_drop
+    within = math.isfinite(drop) and drop <= limit
+    changed = lost_and_gained(candidate.get("probe_hits"), base.get("probe_hits"))
+    if changed is None:
+        return Check("probe_accuracy_drop", drop, limit, within, "<=")
+    lost, gained = changed
+    p_value = sign_test(lost, gained)
+    chance = p_value >= settings.probe_accuracy_significance
+    verdict = "" if within else (", not beyond chance" if chance else ", beyond chance")
+    return Check("probe_accuracy_drop", drop, limit, within or (math.isfinite(drop) and chance), "<=",
+                 detail=f"{lost} probes lost, {gained} gained, sign test p {p_value:.2g}{verdict}")
+
+
+def lost_and_gained(candidate_hits: str | None, base_hits: str | None) -> tuple[int, int] | None:
+    """(probes the base answered and the candidate misses, the reverse), or None when either has
+    no record or they are of different banks."""
+    if not candidate_hits or not base_hits or len(candidate_hits) != len(base_hits):
+        return None
+    pairs = list(zip(base_hits, candidate_hits, strict=True))
+    return pairs.count(("1", "0")), pairs.count(("0", "1"))
+
+
+def sign_test(lost: int, gained: int) -> float:
+    """One-sided p-value: the chance that at least `lost` of the `lost + gained` probes whose
+    answer changed changed for the worse, were worse and better equally likely."""
+    changed = lost + gained
+    return sum(math.comb(changed, k) for k in range(lost, changed + 1)) / 2 ** changed if changed else 1.0
 
 
 def family_of(metric: str) -> str:
