@@ -30,9 +30,20 @@ def stored(db: Database | sqlite3.Connection, checkpoint: str, suite_key: str,
            prompts: int) -> tuple[dict[str, Any], np.ndarray] | None:
     """The newest stored (metrics, fingerprint) of this checkpoint on this suite, or None; the
     fingerprint has one row per fingerprint prompt."""
-    row = db.execute(
-        "SELECT metrics, fingerprint FROM evaluations WHERE checkpoint = ? AND suite_key = ? ORDER BY id DESC LIMIT 1",
-        (checkpoint, suite_key)).fetchone()
+    return _newest(db, "suite_key = ?", checkpoint, suite_key, prompts)
+
+
+def stored_general(db: Database | sqlite3.Connection, checkpoint: str, general_key: str,
+                   prompts: int) -> tuple[dict[str, Any], np.ndarray] | None:
+    """The newest stored (metrics, fingerprint) of this checkpoint measured on the same shipped
+    banks (`general_key`), whatever the memories were then: its GENERAL_METRICS hold now."""
+    return _newest(db, "json_extract(metrics, '$.general_key') = ?", checkpoint, general_key, prompts)
+
+
+def _newest(db: Database | sqlite3.Connection, condition: str, checkpoint: str, key: str,
+            prompts: int) -> tuple[dict[str, Any], np.ndarray] | None:
+    row = db.execute(f"SELECT metrics, fingerprint FROM evaluations WHERE checkpoint = ? AND {condition} "
+                     "ORDER BY id DESC LIMIT 1", (checkpoint, key)).fetchone()
     if row is None:
         return None
     from dreamd.memory_graph.database.store import blob_vector  # numpy: see the module's docstring

@@ -12,7 +12,9 @@ checkpoints, and writes the outcome to the `evaluations` table (daemon/gate/eval
   fails the gate or no longer verifies.
 
 The base's and the current model's metrics are cached per suite key: the same weights on the same
-suite give the same numbers.
+suite give the same numbers. When the memories changed since (a new suite key), what they measured
+on the shipped banks alone (probes, anchors, fingerprint: `general_key`) is reused and only what
+the memories ask is measured again: three whole evaluations a round were most of the gate's time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import structlog
 from sqlite_utils import Database
 
 from dreamd.daemon.config import Config
-from dreamd.daemon.gate.evaluations import promoted_history, record, stored
+from dreamd.daemon.gate.evaluations import promoted_history, record, stored, stored_general
 from dreamd.daemon.gate.history import PROMOTED, ROLLED_BACK, read_pointers, record_pointer_moves, rollback_and_record
 from dreamd.daemon.gate.suite import build_suite
 from dreamd.daemon.service.state_dir import StateLayout
@@ -57,7 +59,7 @@ class Evaluator:
         cached = self._stored(BASE)
         if cached is None:
             started = time.monotonic()
-            metrics, fingerprint = evaluate(base, self.suite, embed, None)
+            metrics, fingerprint = evaluate(base, self.suite, embed, None, general=self._stored_general(BASE))
             record(db, BASE, "base", self.key, metrics, fingerprint, "baseline", [], time.monotonic() - started)
             cached = (metrics, fingerprint)
         self.base = base_reference(base, self.suite, embed, *cached)
@@ -65,18 +67,23 @@ class Evaluator:
     def _stored(self, checkpoint: str) -> tuple[dict[str, Any], np.ndarray] | None:
         return stored(self.db, checkpoint, self.key, len(self.suite.fingerprint_prompts))
 
+    def _stored_general(self, checkpoint: str) -> tuple[dict[str, Any], np.ndarray] | None:
+        return stored_general(self.db, checkpoint, self.suite.general_key(), len(self.suite.fingerprint_prompts))
+
     def metrics_of(self, checkpoint: str, fresh: bool = False,
                    previous: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray, float]:
         """(metrics, fingerprint, seconds) of a checkpoint on this suite; seconds is 0 when they
-        came from the store. Raises CheckpointError when the checkpoint does not verify."""
+        came from the store. `fresh`: measure everything again. Raises CheckpointError when the
+        checkpoint does not verify."""
         if checkpoint == BASE:
             return self.base.metrics, self.base.fingerprint, 0.0
         cached = None if fresh else self._stored(checkpoint)
         if cached is not None:
             return cached[0], cached[1], 0.0
         started = time.monotonic()
+        general = None if fresh else self._stored_general(checkpoint)
         loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
-        metrics, fingerprint = evaluate(loaded, self.suite, self.embed, self.base, previous)
+        metrics, fingerprint = evaluate(loaded, self.suite, self.embed, self.base, previous, general)
         return metrics, fingerprint, time.monotonic() - started
 
 

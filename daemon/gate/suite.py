@@ -10,7 +10,9 @@
   prompts (trainers/gate/metrics.py): damage.
 
 The suite has a key, a hash of what is in it: the same weights on the same suite give the same
-numbers, so evaluations are stored and reused per key (daemon/gate/evaluations.py).
+numbers, so evaluations are stored and reused per key (daemon/gate/evaluations.py). What is
+measured on the shipped banks alone has a key of its own (`EvalSuite.general_key`) and is reused
+while the memories change, as they do between nearly any two rounds.
 """
 
 from __future__ import annotations
@@ -29,9 +31,6 @@ from dreamd.trainers.settings import EvalSettings
 from dreamd.trainers.words import content_words
 
 KEYWORDS_PER_QUESTION = 5
-# Part of the suite's key: raised when an evaluation measures something new (2: per-probe hits),
-# so evaluations stored without it are measured again rather than compared on less.
-MEASURES_VERSION = 2
 
 
 def is_held_out(message_sha256: str, percent: int) -> bool:
@@ -106,10 +105,6 @@ def build_suite(db: Database, settings: EvalSettings, anchors: list[Anchor] = ()
         "slices": {name: [e.id for e in exs] for name, exs in suite.heldout_slices.items()},
         "acquisition": [e.id for e in suite.acquisition],
         "retention": [e.id for e in suite.retention],
-        "anchors": [e.messages[-1]["content"] for e in suite.anchors],
-        "probes": [p.id for p in suite.probes],
-        "fingerprint": suite.fingerprint_prompts,
-        "max_new_tokens": suite.max_new_tokens,
-        "measures": MEASURES_VERSION,
+        "general": suite.general_key(),  # the shipped banks, and how they are measured
     }
     return suite, hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]

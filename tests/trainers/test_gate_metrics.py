@@ -1,14 +1,16 @@
 """The evaluation suite's measurements, on the tiny model (the real model is in the integration tests)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from dreamd.trainers.examples import encode_example
+from dreamd.trainers.examples import SoftTargets, encode_example
 from dreamd.trainers.gate import metrics as gate_metrics
 from dreamd.trainers.gate.metrics import (
+    GENERAL_METRICS,
     MAX_CONTEXT_TOKENS,
     EvalSuite,
     answer_logprobs,
@@ -169,3 +171,47 @@ def test_evaluate_asks_every_question_alone_in_one_generation_call(tiny, monkeyp
     asked = calls[0]
     assert asked[-2:] == [ex.messages[:-1] for ex in suite.acquisition + suite.retention]  # the question alone
     assert metrics["acquisition_recall"] == 1.0 and metrics["retention_recall"] == 0.0
+
+
+def test_general_numbers_given_are_used_and_only_the_memory_questions_asked(tiny, suite, monkeypatch):
+    base = base_reference(tiny, suite, fake_embed)
+    whole, fingerprint = evaluate(tiny, suite, fake_embed, base)
+    assert whole["general_key"] == suite.general_key()
+    asked = []
+    real = gate_metrics.chat_replies
+
+    def replies(loaded, conversations, *args, **kwargs):
+        asked.extend(conversations)
+        return real(loaded, conversations, *args, **kwargs)
+
+    monkeypatch.setattr(gate_metrics, "chat_replies", replies)
+    stored = {**whole, "probe_accuracy": 0.123}  # a stored number is taken, not measured again
+    again, again_fingerprint = evaluate(tiny, suite, fake_embed, base, general=(stored, fingerprint))
+    assert asked == [ex.messages[:-1] for ex in suite.acquisition + suite.retention]
+    assert again["probe_accuracy"] == 0.123 and again_fingerprint is fingerprint
+    assert {k: again[k] for k in GENERAL_METRICS if k != "probe_accuracy"} == {
+        k: whole[k] for k in GENERAL_METRICS if k != "probe_accuracy"}
+    assert again["acquisition_loss"] == pytest.approx(whole["acquisition_loss"])
+
+
+def test_the_general_key_follows_the_banks_only(suite):
+    key = suite.general_key()
+    assert dataclasses.replace(suite, acquisition=[], heldout_slices={}).general_key() == key  # memories: no
+    assert dataclasses.replace(suite, probes=suite.probes[:-1]).general_key() != key
+    assert dataclasses.replace(suite, max_new_tokens=suite.max_new_tokens + 1).general_key() != key
+    soft = [replace_soft(a) for a in suite.anchors]
+    assert dataclasses.replace(suite, anchors=soft).general_key() != key
+
+
+def replace_soft(example):
+    answer_tokens = 3
+    return dataclasses.replace(example, soft=SoftTargets([[1, 2]] * answer_tokens, [[-0.1, -2.0]] * answer_tokens))
+
+
+def test_the_base_reference_takes_the_anchors_cached_distribution(tiny, suite, monkeypatch):
+    ids, logprobs = [[5, 7], [9, 2]], [[-0.2, -1.9], [-0.1, -2.5]]
+    anchors = [dataclasses.replace(a, soft=SoftTargets(ids, logprobs)) for a in suite.anchors]
+    monkeypatch.setattr(gate_metrics, "answer_logprobs", lambda *a, **k: pytest.fail("the base was asked again"))
+    tops = gate_metrics.anchor_top_k(tiny, anchors)
+    assert [t.ids.tolist() for t in tops] == [ids] * len(anchors)
+    assert all(torch.allclose(t.logprobs, torch.tensor(logprobs)) for t in tops)

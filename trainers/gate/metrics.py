@@ -23,6 +23,7 @@ gives the same numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +41,9 @@ from dreamd.trainers.words import recalled
 # Evaluation exchanges are short; the cap only guards against a pathological one.
 MAX_CONTEXT_TOKENS = 2048
 TOP_K = 32  # tokens of the base's distribution kept per anchor answer position
+# Part of the suites' keys: raised when an evaluation measures something new (2: per-probe hits),
+# so evaluations stored without it are measured again rather than compared on less.
+MEASURES_VERSION = 2
 EVAL_BATCH = 64  # rows per greedy generation batch: on CPU the per-step overhead dominates, so wider is faster
 
 FINGERPRINT_PROMPTS = [
@@ -205,6 +209,14 @@ class EvalSuite:
     def probe_exchanges(self) -> list[TrainingExample]:
         return [ask(p.prompt, p.answer, f"probe:{p.id}") for p in self.probes]
 
+    def general_key(self) -> str:
+        """A hash of the shipped banks this suite measures on (what GENERAL_METRICS depend on)."""
+        described = {"probes": [(p.id, p.prompt, p.accept) for p in self.probes],
+                     "anchors": [(a.messages[-1]["content"], a.soft is not None) for a in self.anchors],
+                     "fingerprint": self.fingerprint_prompts, "max_new_tokens": self.max_new_tokens,
+                     "measures": MEASURES_VERSION}
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclass
 class BaseReference:
@@ -215,39 +227,54 @@ class BaseReference:
     metrics: dict
 
 
+# What an evaluation measures on the shipped banks alone: it depends on the weights, not on the
+# memory graph, so it is reused while the memories (and with them the suite) change.
+GENERAL_METRICS = ("probe_loss", "probe_accuracy", "probe_hits", "kl_to_base", "fingerprint_to_base")
+
+
 def evaluate(loaded: LoadedModel, suite: EvalSuite, embed, base: BaseReference | None,
-             previous_fingerprint: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+             previous_fingerprint: np.ndarray | None = None,
+             general: tuple[dict, np.ndarray] | None = None) -> tuple[dict, np.ndarray]:
     """Run the suite on a model. `embed(texts) -> unit vectors`. Returns (metrics, fingerprint).
+    `general`: this model's GENERAL_METRICS and fingerprint from an earlier evaluation on the same
+    banks (`suite.general_key()`), so only what the memories ask is measured again.
     Every greedy answer is generated in one batched call and every loss in another: on CPU the
     per-step overhead of generation dominates, so fewer, wider batches are what makes it fast."""
-    probe_exchanges = suite.probe_exchanges()
+    probe_exchanges = [] if general else suite.probe_exchanges()
     slices = {name: exs for name, exs in suite.heldout_slices.items() if exs}
     scored = {"probes": probe_exchanges, "acquisition": suite.acquisition, "retention": suite.retention,
               **{f"slice:{name}": exs for name, exs in slices.items()}}
     losses = _split(response_losses(loaded, [ex for exs in scored.values() for ex in exs]), scored)
     asked = {"probes": [ex.messages[:-1] for ex in probe_exchanges],
-             "fingerprint": [[{"role": "user", "content": p}] for p in suite.fingerprint_prompts],
+             "fingerprint": [] if general else [[{"role": "user", "content": p}] for p in suite.fingerprint_prompts],
              "acquisition": [ex.messages[:-1] for ex in suite.acquisition],
              "retention": [ex.messages[:-1] for ex in suite.retention]}
     replies = _split(chat_replies(loaded, [chat for chats in asked.values() for chat in chats], suite.max_new_tokens,
                                   EVAL_BATCH), asked)
-    fingerprint = embed(replies["fingerprint"])
+    if general:
+        general_metrics, fingerprint = {k: general[0][k] for k in GENERAL_METRICS}, general[1]
+    else:
+        fingerprint = embed(replies["fingerprint"])
+        general_metrics = {
+            "probe_loss": _mean(losses["probes"]),
+            "probe_accuracy": greedy_accuracy(replies["probes"], suite.probes),
+            "probe_hits": probe_hits(replies["probes"], suite.probes),
+            "kl_to_base": mean_kl(base.anchor_top_k, answer_logprobs(loaded, suite.anchors))
+            if base and suite.anchors else 0.0,
+            "fingerprint_to_base": _similarity(fingerprint, base.fingerprint if base else fingerprint),
+        }
     heldout = [loss for name in slices for loss in losses[f"slice:{name}"]]
     metrics = {
         "heldout_loss": _mean(heldout) if heldout else None,
         "slice_losses": {name: _mean(losses[f"slice:{name}"]) for name in slices},
-        "probe_loss": _mean(losses["probes"]),
-        "probe_accuracy": greedy_accuracy(replies["probes"], suite.probes),
-        "probe_hits": probe_hits(replies["probes"], suite.probes),
-        "kl_to_base": mean_kl(base.anchor_top_k, answer_logprobs(loaded, suite.anchors))
-        if base and suite.anchors else 0.0,
-        "fingerprint_to_base": _similarity(fingerprint, base.fingerprint if base else fingerprint),
+        **general_metrics,
         "fingerprint_to_previous": _similarity(fingerprint, previous_fingerprint if previous_fingerprint is not None
                                                else fingerprint),
         "acquisition_loss": _mean(losses["acquisition"]) if suite.acquisition else None,
         "acquisition_recall": recall(replies["acquisition"], suite.acquisition),
         "retention_loss": _mean(losses["retention"]) if suite.retention else None,
         "retention_recall": recall(replies["retention"], suite.retention),
+        "general_key": suite.general_key(),
     }
     return metrics, fingerprint
 
@@ -263,10 +290,18 @@ def _split(values: list, groups: dict[str, list]) -> dict[str, list]:
 
 def base_reference(loaded: LoadedModel, suite: EvalSuite, embed, metrics: dict | None = None,
                    fingerprint: np.ndarray | None = None) -> BaseReference:
-    """The base's reference; `metrics` and `fingerprint` when they are stored already."""
+    """The base's reference; `metrics` and `fingerprint` when they are stored already. The base's
+    distribution on the anchors is the one cached with them (their soft targets), measured only
+    for anchors that carry none."""
     if metrics is None or fingerprint is None:
         metrics, fingerprint = evaluate(loaded, suite, embed, base=None)
-    return BaseReference(top_k(answer_logprobs(loaded, suite.anchors)), fingerprint, metrics)
+    return BaseReference(anchor_top_k(loaded, suite.anchors), fingerprint, metrics)
+
+
+def anchor_top_k(loaded: LoadedModel, anchors: list[TrainingExample]) -> list[TopK]:
+    if anchors and all(a.soft is not None for a in anchors):
+        return [TopK(torch.tensor(a.soft.ids), torch.tensor(a.soft.logprobs)) for a in anchors]
+    return top_k(answer_logprobs(loaded, anchors))
 
 
 def _similarity(a: np.ndarray, b: np.ndarray) -> float:

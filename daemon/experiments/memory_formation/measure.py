@@ -6,37 +6,47 @@
   the share of questions whose greedy reply contains an accepted answer string; and confusion, the
   share whose reply gives the *other* concept's answer instead (interference made visible);
 - general capability: the shipped probe bank (trainers/probes.jsonl), reference-answer loss and
-  greedy accuracy, as the quality gate measures them; and KL(base || model) on the answer tokens
-  of the anchor bank (the base's top-k cached with the anchors), as the gate measures it.
+  greedy accuracy; and KL(base || model) on the answer tokens of the anchor bank (the base's top-k
+  cached with the anchors): the quality gate's own evaluation of the shipped banks
+  (`GENERAL_METRICS`), so the figures are the gate's, and a checkpoint the gate evaluated already
+  is not measured twice (daemon/experiments/memory_formation/run.py, `Measurer`).
 
 Everything is greedy or a plain forward pass: the same weights give the same numbers.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from dreamd.daemon.config import Config
 from dreamd.daemon.experiments.memory_formation.facts import Probe, probe_example
+from dreamd.daemon.gate.evaluations import stored_general
+from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.trainers.anchors import Anchor, measured
+from dreamd.trainers.checkpoints.pointers import BASE
+from dreamd.trainers.checkpoints.weights import load_as
 from dreamd.trainers.examples import split_point
 from dreamd.trainers.gate.metrics import (
     EVAL_BATCH,
+    GENERAL_METRICS,
+    BaseReference,
+    EvalSuite,
     TopK,
     answer_logprobs,
-    ask,
-    greedy_accuracy,
-    load_probes,
+    evaluate,
     mean_kl,
-    response_losses,
 )
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
 
 FACT_TOKENS = 24  # longest greedy reply to a fact question: the answer comes first, if at all
-PROBE_TOKENS = 32  # as the quality gate's default (evaluation.max_new_tokens)
 
 
 @torch.inference_mode()
@@ -75,13 +85,17 @@ def concept_scores(loaded: LoadedModel, probes: list[Probe]) -> dict:
     }
 
 
-def capability_scores(loaded: LoadedModel) -> dict:
-    """The general-capability probes: reference-answer loss and greedy accuracy."""
-    probes = load_probes()
-    exchanges = [ask(p.prompt, p.answer, f"probe:{p.id}") for p in probes]
-    replies = chat_replies(loaded, [ex.messages[:-1] for ex in exchanges], PROBE_TOKENS, EVAL_BATCH)
-    losses = response_losses(loaded, exchanges)
-    return {"loss": sum(losses) / len(losses), "accuracy": greedy_accuracy(replies, probes)}
+def general_suite(anchors: list[Anchor], max_new_tokens: int) -> EvalSuite:
+    """The gate's evaluation suite without memories: the probe bank, the anchors it measures and
+    the fingerprint prompts, at the gate's answer length (so its `general_key` is the gate's)."""
+    return EvalSuite(heldout_slices={}, anchors=[a.example() for a in measured(anchors)],
+                     max_new_tokens=max_new_tokens)
+
+
+def general_scores(loaded: LoadedModel, suite: EvalSuite, embed, base: BaseReference | None) -> dict:
+    """The gate's GENERAL_METRICS of a model (probe loss, accuracy and hits, anchor KL, fingerprint)."""
+    metrics, _fingerprint = evaluate(loaded, suite, embed, base)
+    return {k: metrics[k] for k in GENERAL_METRICS}
 
 
 def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
@@ -92,14 +106,52 @@ def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
     return mean_kl(reference, answer_logprobs(loaded, [a.example() for a in anchors]))
 
 
-def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], anchors: list[Anchor]) -> dict:
-    """Every number of one checkpoint: each concept's scores, the capability probes, the anchor KL."""
+def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], general: dict) -> dict:
+    """Every number of one checkpoint: each concept's scores, then the capability probes and the
+    anchor KL from `general` (its GENERAL_METRICS, measured here or by the gate)."""
     started = time.monotonic()
     result = {concept: concept_scores(loaded, probes) for concept, probes in probes_by_concept.items()}
-    result["probes"] = capability_scores(loaded)
-    result["anchor_kl"] = anchor_kl(loaded, anchors)
+    result["probes"] = {"loss": general["probe_loss"], "accuracy": general["probe_accuracy"]}
+    result["anchor_kl"] = general["kl_to_base"]
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
+
+
+@dataclass
+class GeneralReference:
+    """What every arm's general numbers are measured with: the gate's suite without memories, the
+    embedder (fingerprints) and the base's reference."""
+
+    suite: EvalSuite
+    embed: Callable
+    base: BaseReference
+
+
+class Measurer:
+    """Measures checkpoints of one arm's state dir, each once (the same weights, the same numbers).
+    A checkpoint the arm's gate evaluated already on the same banks has its general numbers (probes,
+    anchor KL) taken from that evaluation instead of measured again."""
+
+    def __init__(self, config: Config, layout: StateLayout, probes: dict, general: GeneralReference, base: dict):
+        # The base is measured once for all arms: a cycle that promoted nothing shows its numbers.
+        self.config, self.layout, self.probes, self.general = config, layout, probes, general
+        self.cache = {BASE: base}
+
+    def __call__(self, checkpoint: str) -> dict:
+        if checkpoint not in self.cache:
+            loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
+            general = self._evaluated_by_gate(checkpoint) or general_scores(
+                loaded, self.general.suite, self.general.embed, self.general.base)
+            self.cache[checkpoint] = measure(loaded, self.probes, general)
+        return self.cache[checkpoint]
+
+    def _evaluated_by_gate(self, checkpoint: str) -> dict | None:
+        if not self.layout.database.exists():  # an arm without the loop (b, e) has no gate
+            return None
+        with closing(sqlite3.connect(self.layout.database)) as db:
+            found = stored_general(db, checkpoint, self.general.suite.general_key(),
+                                   len(self.general.suite.fingerprint_prompts))
+        return found[0] if found else None
 
 
 def _contains(reply: str, accepted: tuple[str, ...]) -> bool:

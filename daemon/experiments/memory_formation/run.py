@@ -108,24 +108,6 @@ def brief(m: dict) -> str:
             f"logp {x['logprob']:.2f} | probes loss {m['probes']['loss']:.3f} acc {m['probes']['accuracy']:.2f}")
 
 
-class Measurer:
-    """Measures checkpoints of one arm's state dir, each once (the same weights, the same numbers)."""
-
-    def __init__(self, config: Config, layout: StateLayout, probes: dict, anchors: list, base: dict):
-        # The base is measured once for all arms: a cycle that promoted nothing shows its numbers.
-        self.config, self.layout, self.probes, self.anchors = config, layout, probes, anchors
-        self.cache = {BASE: base}
-
-    def __call__(self, checkpoint: str) -> dict:
-        from dreamd.daemon.experiments.memory_formation.measure import measure
-        from dreamd.trainers.checkpoints.weights import load_as
-
-        if checkpoint not in self.cache:
-            loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
-            self.cache[checkpoint] = measure(loaded, self.probes, self.anchors)
-        return self.cache[checkpoint]
-
-
 def _steps_of(layout: StateLayout, checkpoint: str | None) -> int:
     """Optimizer steps a round ran (dropped ones included: they cost the same)."""
     from dreamd.trainers.checkpoints.manifest import read_manifest
@@ -328,10 +310,12 @@ def plain_arm(raw: dict, root: Path, db, pools: dict, loop_points: list[dict], m
 def run_experiment(config: Config, models_dir: Path, out: Path, s: ExperimentSettings,
                    say: Callable[[str], None] = print) -> dict:
     """Run the five arms into `out` and write every artefact; returns the results (also results.json)."""
-    from dreamd.daemon.experiments.memory_formation.measure import measure
+    from dreamd.daemon.experiments.memory_formation.measure import GeneralReference, Measurer, general_suite, measure
     from dreamd.daemon.experiments.memory_formation.report import write_artefacts
     from dreamd.memory_graph.database.store import open_store
+    from dreamd.memory_graph.embedder import Embedder
     from dreamd.trainers.anchors import base_anchors, cache_path
+    from dreamd.trainers.gate.metrics import GENERAL_METRICS, base_reference
     from dreamd.trainers.model_store import load_model, resolve_model_dir
 
     out.mkdir(parents=True, exist_ok=True)
@@ -352,13 +336,17 @@ def run_experiment(config: Config, models_dir: Path, out: Path, s: ExperimentSet
     for arm in ("dream-loop", "replay-only", "full-backprop"):  # answered once, not once per arm
         (out / "arms" / arm / "models").mkdir(parents=True, exist_ok=True)
         shutil.copy2(cache_path(models_dir, model_dir), cache_path(out / "arms" / arm / "models", model_dir))
-    base = measure(base_model, probes, anchors)
+    suite = general_suite(anchors, arm_config_obj.evaluation.max_new_tokens)
+    embed = Embedder(arm_config_obj.embedder).encode
+    reference = base_reference(base_model, suite, embed)
+    general = GeneralReference(suite, embed, reference)
+    base = measure(base_model, probes, {k: reference.metrics[k] for k in GENERAL_METRICS})
     del base_model
     timings["no_training"] = round(time.monotonic() - started, 1)
     log("start", "no training", f"base model: {brief(base)}")
 
     def measurer_for(cfg: Config, layout: StateLayout) -> Measurer:
-        return Measurer(cfg, layout, probes, anchors, base)
+        return Measurer(cfg, layout, probes, general, base)
 
     results = {
         "experiment": "memory-formation", "quick": s.quick, "settings": dataclasses.asdict(s),

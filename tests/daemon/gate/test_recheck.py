@@ -1,117 +1,19 @@
 """The gate's re-check of `current` (daemon/gate/judge.py's recheck_current) on the tiny model: a
 current that fails the gate, or no longer verifies, is rolled back and both the evaluation and the
 pointer move are recorded; one that passes is kept. The real-model version of this path is in
-tests/integration/test_quality_gate.py.
-
-The lineage: `parent`, a gentle round on real exchanges; `child`, another gentle round on top of it;
-`wrecked`, a full-weights round at a huge learning rate on noise on top of `parent`. The gate here
-also checks the optional fingerprint (a damage check, off by default): `wrecked` fails it (its
-greedy answers no longer resemble the base's), `child` passes every check. (The random tiny model's
-probe losses hardly move and its greedy anchor answers are empty, so the default damage checks
-cannot tell the two apart.)
+tests/integration/test_quality_gate.py. The state dir and its lineage (`parent`, `child`,
+`wrecked`) are the `world` fixture of tests/daemon/conftest.py.
 """
 
 from __future__ import annotations
 
-import random
-import shutil
-import string
-from dataclasses import dataclass
-from pathlib import Path
+import json
 
-import pytest
-from sqlite_utils import Database
-
-from dreamd.daemon.config import Config, config_from_dict
-from dreamd.daemon.dreaming.training_set import replay_example
+from dreamd.daemon.config import config_from_dict
 from dreamd.daemon.gate.evaluations import last_decision
-from dreamd.daemon.gate.judge import recheck_current
-from dreamd.daemon.gate.suite import held_out_nodes
-from dreamd.daemon.service.state_dir import StateLayout
-from dreamd.memory_graph.database.store import open_store
-from dreamd.trainers.anchors import base_anchors
-from dreamd.trainers.checkpoints.pointers import BASE, read_pointer, set_pointer
-from dreamd.trainers.examples import TrainingExample
-from dreamd.trainers.model_store import load_model, resolve_model_dir
-from dreamd.trainers.round import train_round
-from dreamd.trainers.settings import TrainingSettings
-from tests.helpers.daemon_harness import save_tiny_model
-from tests.helpers.dreams import sample_graph
+from dreamd.trainers.checkpoints.pointers import BASE, read_pointer
+from dreamd.trainers.gate.metrics import GENERAL_METRICS
 from tests.helpers.fakes import HashEmbedder
-
-GENTLE = TrainingSettings(batch_size=2, optimizer="adamw", max_context_tokens=256)
-WRECKING = TrainingSettings(mode="full", full_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw",
-                            max_context_tokens=256)
-
-
-@dataclass
-class World:
-    config: Config
-    layout: StateLayout
-    db: Database
-    parent: str
-    child: str
-    wrecked: str
-
-    def recheck(self) -> dict:
-        return recheck_current(self.config, self.layout, self.db, HashEmbedder().encode)
-
-    def point(self, current: str, last_good: str) -> None:
-        set_pointer(self.layout, "last_good", last_good)
-        set_pointer(self.layout, "current", current)
-
-    def rows(self, sql: str) -> list[tuple]:
-        return self.db.execute(sql).fetchall()
-
-
-def noise_examples(count: int) -> list[TrainingExample]:
-    rng = random.Random(0)
-
-    def noise(n: int) -> str:
-        return "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))
-
-    return [TrainingExample(f"noise:{i}", [{"role": "user", "content": noise(30)},
-                                           {"role": "assistant", "content": noise(60)}]) for i in range(count)]
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> tuple[Config, Path, dict[str, str]]:
-    """A state dir with the sample memory graph and the three checkpoints, built once."""
-    root = tmp_path_factory.mktemp("recheck")
-    config = config_from_dict({
-        "model": {"path": str(save_tiny_model(root / "tiny-model")), "device": "cpu"},
-        # The samples hold 20 exchanges: hold out more than the default 10% so slices exist.
-        "evaluation": {"heldout_percent": 30, "slice_size": 3, "max_slices": 2, "acquisition_count": 2,
-                       "max_new_tokens": 4},
-        "gate": {"min_fingerprint_similarity": 0.75},
-    })
-    ingester = sample_graph(root / "state")
-    db, layout = ingester.db, StateLayout(root / "state")
-    held = set(held_out_nodes(db, config.evaluation.heldout_percent))
-    nodes = [n for (n,) in db.execute("SELECT id FROM memory_nodes ORDER BY id").fetchall() if n not in held]
-    exchanges = [e for e in (replay_example(db, n, 2) for n in nodes) if e is not None]
-    db.conn.close()
-
-    def train(examples: list[TrainingExample], settings: TrainingSettings, parent: str = BASE) -> str:
-        return train_round(load_model(config.model, layout.models), examples, settings, layout, parent_id=parent)
-
-    # The anchor bank's answers by the base, cached in the state dir once for every test's copy.
-    base_anchors(resolve_model_dir(config.model, layout.models), layout.models,
-                 lambda: load_model(config.model, layout.models))
-    parent = train(exchanges[:4], GENTLE)
-    ids = {"parent": parent, "child": train(exchanges[4:8], GENTLE, parent),
-           "wrecked": train(noise_examples(8), WRECKING, parent)}
-    return config, layout.root, ids
-
-
-@pytest.fixture
-def world(template, tmp_path):
-    config, root, ids = template
-    shutil.copytree(root, tmp_path / "state")
-    layout = StateLayout(tmp_path / "state")
-    db = open_store(layout.database)
-    yield World(config, layout, db, **ids)
-    db.conn.close()
 
 
 def test_a_current_that_fails_the_gate_is_rolled_back_to_last_good(world):
@@ -167,3 +69,37 @@ def test_a_current_that_no_longer_verifies_is_rolled_back_without_evaluating_it(
     assert world.rows("SELECT pointer, from_checkpoint, to_checkpoint, why, by FROM pointer_moves") == [
         ("current", world.wrecked, world.parent, "rolled_back", "recheck")]
     assert world.rows("SELECT * FROM evaluations WHERE purpose = 'recheck'") == []
+
+
+def test_when_the_memories_change_only_what_they_ask_is_measured_again(world, monkeypatch):
+    # The base and the current model were evaluated on one suite; then the suite changes (here: one
+    # more newest memory asked, as after an ingest). Their probe, anchor and fingerprint numbers
+    # depend on the weights alone: they are taken from the earlier evaluations, not measured again.
+    from dreamd.daemon.gate import judge
+
+    world.point(current=world.parent, last_good=world.parent)
+    given: list[tuple[str, bool]] = []
+    real_evaluate = judge.evaluate
+
+    def spy(loaded, suite, embed, base, previous=None, general=None):
+        given.append((len(suite.acquisition), general is not None))
+        return real_evaluate(loaded, suite, embed, base, previous, general)
+
+    monkeypatch.setattr(judge, "evaluate", spy)
+    first = judge.judge_candidate(world.config, world.layout, world.db, world.child, HashEmbedder().encode)
+    judge.apply_judgement(world.layout, world.db, first)
+    assert given == [(2, False)] * 3  # base, current, candidate: all measured whole
+    changed = world.config.to_dict()
+    changed["evaluation"]["acquisition_count"] = 3
+    config = config_from_dict(changed)
+    given.clear()
+    second = judge.judge_candidate(config, world.layout, world.db, world.child, HashEmbedder().encode)
+    # The base and `current` (the child, promoted or not, or the parent) reuse their general numbers;
+    # the candidate is always measured whole.
+    assert given[:-1] == [(3, True)] * (len(given) - 1) and given[-1] == (3, False) and len(given) in (2, 3)
+    assert second.suite_key != first.suite_key
+    rows = world.rows("SELECT suite_key, metrics FROM evaluations WHERE checkpoint = 'base' ORDER BY id")
+    assert len(rows) == 2 and rows[0][0] != rows[1][0]
+    old, new = (json.loads(m) for _key, m in rows)
+    assert all(old[k] == new[k] for k in GENERAL_METRICS) and old["general_key"] == new["general_key"]
+    assert new["acquisition_loss"] is not None
