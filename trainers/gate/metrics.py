@@ -40,7 +40,7 @@ from dreamd.trainers.words import recalled
 
 # Evaluation exchanges are short; the cap only guards against a pathological one.
 MAX_CONTEXT_TOKENS = 2048
-TOP_K = 32  # tokens of the base's distribution kept per anchor answer position
+TOP_K = 32  # of the base's distribution kept per anchor answer position, for anchors without a cached one
 # Part of the suites' keys: raised when an evaluation measures something new (2: per-probe hits),
 # so evaluations stored without it are measured again rather than compared on less.
 MEASURES_VERSION = 2
