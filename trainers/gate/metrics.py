@@ -173,7 +173,7 @@ def mean_kl(reference: list[TopK], candidate: list[torch.Tensor]) -> float:
 
 def probe_hits(replies: list[str], probes: list[Probe]) -> str:
     """Which probes the greedy replies answered ("1") or missed ("0"), in bank order: the gate
-    compares them probe by probe with the base's (trainers/gate/rules.py, `paired_loss`)."""
+    compares them probe by probe with the base's (trainers/gate/rules.py, `accuracy_check`)."""
     return "".join("1" if any(a.lower() in reply.lower() for a in probe.accept) else "0"
                    for reply, probe in zip(replies, probes, strict=True))
 

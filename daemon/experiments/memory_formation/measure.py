@@ -9,7 +9,7 @@
   greedy accuracy; and KL(base || model) on the answer tokens of the anchor bank (the base's top-k
   cached with the anchors): the quality gate's own evaluation of the shipped banks
   (`GENERAL_METRICS`), so the figures are the gate's, and a checkpoint the gate evaluated already
-  is not measured twice (daemon/experiments/memory_formation/run.py, `Measurer`).
+  is not measured twice (`Measurer`, below).
 
 Everything is greedy or a plain forward pass: the same weights give the same numbers.
 """
