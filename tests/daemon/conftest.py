@@ -10,9 +10,7 @@ cannot tell the two apart.)
 
 from __future__ import annotations
 
-import random
 import shutil
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.daemon_harness import save_tiny_model
 from tests.helpers.dreams import sample_graph
 from tests.helpers.fakes import HashEmbedder
+from tests.helpers.noise import noise_examples
 
 GENTLE = TrainingSettings(batch_size=2, optimizer="adamw", max_context_tokens=256)
 WRECKING = TrainingSettings(mode="full", full_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw",
@@ -58,16 +57,6 @@ class World:
 
     def rows(self, sql: str) -> list[tuple]:
         return self.db.execute(sql).fetchall()
-
-
-def noise_examples(count: int) -> list[TrainingExample]:
-    rng = random.Random(0)
-
-    def noise(n: int) -> str:
-        return "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))
-
-    return [TrainingExample(f"noise:{i}", [{"role": "user", "content": noise(30)},
-                                           {"role": "assistant", "content": noise(60)}]) for i in range(count)]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,5 @@
 """The quality gate on the real default model, over a real memory graph built from the sample logs."""
 
-import random
-import string
 
 import pytest
 
@@ -20,6 +18,7 @@ from dreamd.trainers.model_store import load_model
 from dreamd.trainers.round import train_round
 from dreamd.trainers.settings import TrainingSettings
 from tests.helpers.anchors import share_anchors
+from tests.helpers.noise import noise_examples
 
 pytestmark = pytest.mark.real_model
 
@@ -40,15 +39,6 @@ def world(default_model_dir, default_anchor_cache, tmp_path_factory):
     return config, layout, ingester.db, embedder
 
 
-def garbage_examples(count: int) -> list[TrainingExample]:
-    rng = random.Random(0)
-    def noise(n: int) -> str:
-        return "".join(rng.choice(string.ascii_letters + string.punctuation) for _ in range(n))
-
-    return [TrainingExample(f"garbage:{i}", [{"role": "user", "content": noise(30)},
-                                             {"role": "assistant", "content": noise(60)}]) for i in range(count)]
-
-
 def trained_exchanges(db, config) -> list[TrainingExample]:
     held = set(held_out_nodes(db, config.evaluation.heldout_percent))
     nodes = [n for (n,) in db.execute("SELECT id FROM memory_nodes ORDER BY id").fetchall() if n not in held]
@@ -61,7 +51,7 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
 
     # A destructive update: a huge learning rate on garbage text.
     wrecker = TrainingSettings(lora_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw")
-    bad = train_round(load_model(config.model, layout.models), garbage_examples(8), wrecker, layout)
+    bad = train_round(load_model(config.model, layout.models), noise_examples(8, "garbage"), wrecker, layout)
     result = apply_judgement(layout, db, judge_candidate(config, layout, db, bad, embedder.encode))
     assert result["decision"] == "rejected" and result["reasons"], result
     assert read_pointer(layout, "current") == BASE and read_pointer(layout, "last_good") == BASE
