@@ -10,6 +10,12 @@ positions (gate/metrics.py).
 
 The answers (greedy) and their distributions are computed once per base model and bank and kept
 in a JSON file beside the state (`cache_dir`): the same anchor for every round of a lineage.
+
+Neighbourhood rehearsals (daemon/dreaming/neighbours.py) are anchors too, made per round: a
+dream's question about a well-known thing instead of the memory's ("how many legs does the dog
+have?"), held at the base's answer so a taught fact does not spill over onto its neighbours. Their
+base answers are kept in a second file per base model (`NeighbourCache`), so a prompt is answered
+once and a round can be rebuilt from its example ids.
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ class Anchor:
     top_ids: list[list[int]] | None = None  # the base's top-k tokens at each answer token
     top_logprobs: list[list[float]] | None = None
 
-    def example(self) -> TrainingExample:
+    def example(self, kind: str = "anchor") -> TrainingExample:
         soft = SoftTargets(self.top_ids, self.top_logprobs) if self.top_ids else None
-        return TrainingExample(f"anchor:{self.id}", [{"role": "user", "content": self.prompt},
+        return TrainingExample(f"{kind}:{self.id}", [{"role": "user", "content": self.prompt},
                                                      {"role": "assistant", "content": self.answer}], soft)
 
 
@@ -81,27 +87,75 @@ def cache_path(cache_dir: Path, model_dir: Path) -> Path:
     return cache_dir / f"anchors-{key}.json"
 
 
+def answered_by(loaded, prompts: list[tuple[str, str]], answer_tokens: int = ANSWER_TOKENS) -> list[Anchor]:
+    """(id, prompt) pairs answered greedily by `loaded`, with its top-k distribution at every answer
+    token; a prompt answered with nothing is left out."""
+    from dreamd.trainers.gate.metrics import EVAL_BATCH, answer_logprobs, top_k
+    from dreamd.trainers.generate import chat_replies
+
+    if not prompts:
+        return []
+    # In the gate's wide batches: on CPU a generation step costs nearly the same for 16 rows or 64.
+    replies = chat_replies(loaded, [[{"role": "user", "content": p}] for _i, p in prompts], answer_tokens,
+                           EVAL_BATCH)
+    plain = [Anchor(i, p, r.strip()) for (i, p), r in zip(prompts, replies, strict=True) if r.strip()]
+    tops = top_k(answer_logprobs(loaded, [a.example() for a in plain]), TOP_K)
+    return [Anchor(a.id, a.prompt, a.answer, t.ids.tolist(),
+                   [[round(x, 4) for x in row] for row in t.logprobs.tolist()])
+            for a, t in zip(plain, tops, strict=True)]
+
+
 def base_anchors(model_dir: Path, cache_dir: Path, load_base) -> list[Anchor]:
     """The anchor bank with the base model's answers: read from the cache, or generated once with
     `load_base()` (called only then) and cached."""
     path = cache_path(cache_dir, model_dir)
     if path.exists():
         return [Anchor(**row) for row in json.loads(path.read_text("utf-8"))["anchors"]]
-    from dreamd.trainers.gate.metrics import EVAL_BATCH, answer_logprobs, top_k
-    from dreamd.trainers.generate import chat_replies
-
-    prompts = anchor_prompts()
-    loaded = load_base()
-    # In the gate's wide batches: on CPU a generation step costs nearly the same for 16 rows or 64.
-    replies = chat_replies(loaded, [[{"role": "user", "content": p}] for _i, p in prompts], ANSWER_TOKENS,
-                           EVAL_BATCH)
-    plain = [Anchor(i, p, r.strip()) for (i, p), r in zip(prompts, replies, strict=True) if r.strip()]
-    tops = top_k(answer_logprobs(loaded, [a.example() for a in plain]), TOP_K)
-    anchors = [Anchor(a.id, a.prompt, a.answer, t.ids.tolist(),
-                      [[round(x, 4) for x in row] for row in t.logprobs.tolist()])
-               for a, t in zip(plain, tops, strict=True)]
+    anchors = answered_by(load_base(), anchor_prompts())
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(path, json.dumps({"model": str(model_dir), "anchors": [a.__dict__ for a in anchors]},
                                       ensure_ascii=False, indent=1))
     log.info("anchor bank answered by the base model", anchors=len(anchors), path=str(path))
     return anchors
+
+
+# A neighbour's answer is held for its first sentence or two: where a taught fact would spill over.
+NEIGHBOUR_TOKENS = 48
+# Entries kept per base model, newest last: a round uses one per dream, and the oldest are only
+# needed again to rebuild an old round (the experiment's arm e), never for the next one.
+NEIGHBOURS_KEPT = 4096
+
+
+class NeighbourCache:
+    """The base model's answers to neighbourhood prompts, one JSON file per base model: a prompt is
+    answered once (by `load_base()`, called only when one is missing), then read back."""
+
+    def __init__(self, model_dir: Path, cache_dir: Path, load_base):
+        key = hashlib.sha256(f"{model_fingerprint(model_dir)}\n{NEIGHBOUR_TOKENS}\n{TOP_K}".encode()).hexdigest()[:16]
+        self.path = Path(cache_dir) / f"neighbours-{key}.json"
+        self._load_base = load_base
+        self._known: dict[str, Anchor] | None = None
+
+    def known(self) -> dict[str, Anchor]:
+        """Every cached answer by its id."""
+        if self._known is None:
+            rows = json.loads(self.path.read_text("utf-8"))["neighbours"] if self.path.exists() else []
+            self._known = {row["id"]: Anchor(**row) for row in rows}
+        return self._known
+
+    def answers(self, prompts: list[tuple[str, str]]) -> list[Anchor]:
+        """The base's answers to (id, prompt) pairs, in their order (a prompt the base answers with
+        nothing is left out); missing ones are answered in one batch and cached."""
+        known = self.known()
+        missing = list(dict((i, (i, p)) for i, p in prompts if i not in known).values())
+        if missing:
+            answered = {a.id: a for a in answered_by(self._load_base(), missing, NEIGHBOUR_TOKENS)}
+            for i, prompt in missing:  # an empty answer is kept too, so it is not asked again every round
+                known[i] = answered.get(i, Anchor(i, prompt, ""))
+            for old in list(known)[:max(0, len(known) - NEIGHBOURS_KEPT)]:
+                del known[old]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, json.dumps({"neighbours": [a.__dict__ for a in known.values()]},
+                                                   ensure_ascii=False))
+            log.info("neighbourhood prompts answered by the base model", new=len(missing), path=str(self.path))
+        return [known[i] for i, _p in prompts if known.get(i) and known[i].answer]

@@ -66,6 +66,12 @@ class DreamSettings:
         "Share of every round's training set taken from the anchor bank: general prompts with the base "
         "model's own answers, so general behaviour is held while facts move. 0 turns the anchor off.",
     )
+    neighbour_share: float = setting(
+        0.5,
+        "Part of the anchor share given to neighbourhood rehearsals: the round's dream questions with "
+        "their names swapped for common things (\"how many legs does the dog have?\"), held at the base "
+        "model's answers so a taught fact does not spill over onto them. 0: the anchor bank alone.",
+    )
     replay_history_messages: int = setting(
         6, "Earlier messages of its conversation kept as the context of a replayed exchange."
     )
@@ -92,6 +98,7 @@ class DreamSettings:
         require(0 <= self.fresh_share <= 1, "fresh_share", "a number from 0 to 1", self.fresh_share)
         require(0 <= self.replay_fraction < 1, "replay_fraction", "a number in [0, 1)", self.replay_fraction)
         require(0 <= self.anchor_fraction < 1, "anchor_fraction", "a number in [0, 1)", self.anchor_fraction)
+        require(0 <= self.neighbour_share <= 1, "neighbour_share", "a number from 0 to 1", self.neighbour_share)
         require(bool(self.kinds) and all(k in KINDS for k in self.kinds), "kinds",
                 "a non-empty list of " + ", ".join(KINDS), self.kinds)
         require(0 <= self.replay_history_messages <= 1000, "replay_history_messages", "an integer from 0 to 1000",

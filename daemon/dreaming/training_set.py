@@ -4,18 +4,23 @@ All become context-frozen examples (trainers/examples.py): the context is what t
 (a dream's scenario alone, without its notes; a real exchange's recent history; an anchor
 prompt), the response is the assistant turn it learns. Replay keeps the weights on the logs
 themselves; the anchors (the base model's own answers to general prompts, trainers/anchors.py)
-hold general behaviour while facts move.
+hold general behaviour while facts move. Part of the anchor share is neighbourhood rehearsals
+(neighbours.py): the round's dream questions about common things, held at the base's answers, so
+a fact does not spill over onto questions of its shape.
 
 Example ids trace back: `dream:<id>` to a dreams row (and through it to its memories and walk),
-`replay:<node id>` to a memory node, `anchor:<id>` to the shipped anchor bank.
+`replay:<node id>` to a memory node, `anchor:<id>` to the shipped anchor bank, `neighbour:<id>` to
+the base model's neighbour cache (trainers/anchors.py, NeighbourCache).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from sqlite_utils import Database
 
+from dreamd.daemon.dreaming.neighbours import neighbour_prompts
 from dreamd.daemon.dreaming.records import TRAINABLE
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.database.store import write
@@ -86,16 +91,31 @@ def anchor_examples(anchors: list[Anchor], count: int, seed: int) -> list[Traini
     return [order[i % len(order)].example() for i in range(count)] if order else []
 
 
+def neighbour_examples(dreams: list[TrainingExample], count: int, seed: int,
+                       answer: Callable[[list[tuple[str, str]]], list[Anchor]]) -> list[TrainingExample]:
+    """Up to `count` neighbourhood rehearsals of the dreams' questions (drawn at random, the same
+    for the same seed), with the base's answers from `answer` ((id, prompt) pairs -> anchors)."""
+    if count <= 0:
+        return []
+    prompts = neighbour_prompts([e.messages[0]["content"] for e in dreams], seed)
+    random.Random(seed).shuffle(prompts)
+    return [a.example("neighbour") for a in answer(prompts[:count])]
+
+
 def training_set(db: Database, settings: DreamSettings, seed: int, exclude_nodes: frozenset[int] = frozenset(),
-                 anchors: list[Anchor] = ()) -> list[TrainingExample]:
+                 anchors: list[Anchor] = (), neighbours: Callable | None = None) -> list[TrainingExample]:
     """The next round's examples: the oldest untrained accepted (or approved) dreams, the replayed
-    exchanges, then the anchor share. Empty when there is no dream to train on. `exclude_nodes`
-    keeps memories out of replay (held-out evaluation exchanges)."""
+    exchanges, then the anchor share: neighbourhood rehearsals of the dreams (`neighbours`
+    answers their prompts as the base; None leaves them out), the rest from the anchor bank.
+    Empty when there is no dream to train on. `exclude_nodes` keeps memories out of replay
+    (held-out evaluation exchanges)."""
     dreams = dream_examples(db, settings.max_dreams_per_round)
     replays = replay_examples(db, share_count(len(dreams), settings.replay_fraction),
                               settings.replay_history_messages, seed, exclude_nodes)
     rest = dreams + replays
-    return rest + anchor_examples(list(anchors), share_count(len(rest), settings.anchor_fraction), seed)
+    share = share_count(len(rest), settings.anchor_fraction)
+    near = neighbour_examples(dreams, round(share * settings.neighbour_share), seed, neighbours) if neighbours else []
+    return rest + near + anchor_examples(list(anchors), share - len(near), seed)
 
 
 def mark_trained(db: Database, examples: list[TrainingExample], checkpoint_id: str) -> int:

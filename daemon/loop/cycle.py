@@ -43,7 +43,7 @@ from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.embedder import Embedder
 from dreamd.memory_graph.graph import MemoryGraph
-from dreamd.trainers.anchors import Anchor, base_anchors
+from dreamd.trainers.anchors import Anchor, NeighbourCache, base_anchors
 from dreamd.trainers.checkpoints.pointers import read_pointer
 from dreamd.trainers.checkpoints.weights import load_as
 from dreamd.trainers.examples import TrainingExample
@@ -127,11 +127,19 @@ def anchors_of(settings: Config, layout: StateLayout) -> list[Anchor]:
     return base_anchors(model_dir, layout.models, lambda: load_model(settings.model, layout.models))
 
 
+def neighbour_cache(settings: Config, layout: StateLayout) -> NeighbourCache:
+    """The base model's answers to neighbourhood prompts (answered once each, then cached)."""
+    return NeighbourCache(resolve_model_dir(settings.model, layout.models), layout.models,
+                          lambda: load_model(settings.model, layout.models))
+
+
 def training_examples(settings: Config, layout: StateLayout, db: Database, seed: int,
                       held_out: frozenset[int]) -> list[TrainingExample]:
     """The round's examples: untrained accepted dreams, replayed exchanges (never a held-out one:
-    the gate measures on those) and the anchor share."""
-    return training_set(db, settings.dreams, seed, exclude_nodes=held_out, anchors=anchors_of(settings, layout))
+    the gate measures on those) and the anchor share (neighbourhood rehearsals and the bank)."""
+    neighbours = neighbour_cache(settings, layout).answers if settings.dreams.neighbour_share else None
+    return training_set(db, settings.dreams, seed, exclude_nodes=held_out, anchors=anchors_of(settings, layout),
+                        neighbours=neighbours)
 
 
 def train_candidate(settings: Config, layout: StateLayout, db: Database,
@@ -151,10 +159,12 @@ def train_candidate(settings: Config, layout: StateLayout, db: Database,
                             parent_id=parent, on_step=lambda index, result: on_step(index, result.loss))
     dream_examples = sum(e.id.startswith("dream:") for e in examples)
     anchor_examples = sum(e.id.startswith("anchor:") for e in examples)
+    neighbour_examples = sum(e.id.startswith("neighbour:") for e in examples)
     record_training_round(db, checkpoint=candidate, parent=parent, mode=settings.training.mode, started_at=started,
                           finished_at=time.time(), examples=len(examples), dream_examples=dream_examples,
                           losses=losses)
     return {"candidate": candidate, "parent": parent, "examples": len(examples), "dream_examples": dream_examples,
-            "anchor_examples": anchor_examples, "example_ids": [e.id for e in examples],
+            "anchor_examples": anchor_examples, "neighbour_examples": neighbour_examples,
+            "example_ids": [e.id for e in examples],
             "seconds": round(time.time() - started, 1),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}

@@ -50,6 +50,10 @@ def test_one_cycle_raises_held_out_fact_logprob_and_keeps_anchor_kl_in_budget(mo
         assert all(d.kind == "join" or d.target == "logged" or d.response for d in accepted)
         examples = training_examples(config, layout, db, 3, held_out)
         assert any(e.id.startswith("anchor:") for e in examples)
+        # Neighbourhood rehearsals: the dreams' questions about common things, at the base's answers.
+        near = [e for e in examples if e.id.startswith("neighbour:")]
+        assert near and all("Zypher" not in m["content"] for e in near for m in e.messages)
+        assert all(e.soft is not None for e in near)
         assert not any(m["role"] == "system" for e in examples if e.id.startswith("dream:") for m in e.messages)
         candidate = train_candidate(config, layout, db, examples)["candidate"]
 

@@ -27,3 +27,32 @@ def test_the_bank_spreads_over_kinds_of_prompt():
     prompts = anchor_prompts()
     ids = [i for i, _p in prompts]
     assert len(prompts) >= 150 and len(set(ids)) == len(ids) and all(p.strip() for _i, p in prompts)
+
+
+
+def test_neighbour_prompts_are_answered_by_the_base_once_then_read_back(tmp_path, models_dir, default_model_dir):
+    from dreamd.trainers.anchors import NeighbourCache
+    from dreamd.trainers.examples import encode_example
+    from dreamd.trainers.model_store import load_model
+    from dreamd.trainers.settings import ModelSettings
+
+    loaded = load_model(ModelSettings(device="cpu"), models_dir)  # the real default base
+    loads = []
+
+    def load_base():
+        loads.append(1)
+        return loaded
+
+    cache = NeighbourCache(default_model_dir, tmp_path / "cache", load_base)
+    first = [("n1", "How many legs does the dog have?"), ("n2", "What does a cat eat?")]
+    answered = cache.answers(first)
+    assert loads == [1] and [(a.id, a.prompt) for a in answered] == first and all(a.answer for a in answered)
+    assert "four" in answered[0].answer.lower() or "4" in answered[0].answer  # the base's own answer
+    for anchor in answered:  # the base's distribution at every answer token, as the anchors carry
+        encoded = encode_example(loaded.tokenizer, anchor.example("neighbour"), 512)
+        assert encoded.id == f"neighbour:{anchor.id}" and len(anchor.top_ids) == len(encoded.response_ids)
+    assert cache.answers(list(reversed(first))) == list(reversed(answered)) and loads == [1]  # cached
+    again = NeighbourCache(default_model_dir, tmp_path / "cache", load_base)  # a new process reads the file
+    assert again.answers(first) == answered and loads == [1]
+    assert again.answers([*first, ("n3", "Where does a horse live?")])[:2] == answered and loads == [1, 1]
+    assert set(NeighbourCache(default_model_dir, tmp_path / "cache", load_base).known()) == {"n1", "n2", "n3"}

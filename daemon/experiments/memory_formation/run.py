@@ -157,7 +157,9 @@ def loop_arm(raw: dict, root: Path, logs: dict, measurer_for, base: dict, s: Exp
                 "accepted_dreams": made.get("accepted", 0), "accepted_by_kind": made.get("accepted_by_kind", {}),
                 "logged_targets": made.get("logged_targets", 0), "examples": trained.get("examples", 0),
                 "dream_examples": trained.get("dream_examples", 0),
-                "anchor_examples": trained.get("anchor_examples", 0), "example_ids": trained.get("example_ids", []),
+                "anchor_examples": trained.get("anchor_examples", 0),
+                "neighbour_examples": trained.get("neighbour_examples", 0),
+                "example_ids": trained.get("example_ids", []),
                 "steps": _steps_of(layout, candidate), "first_loss": trained.get("first_loss"),
                 "last_loss": trained.get("last_loss"),
                 "seconds": {"dreams": made.get("seconds"), "training": trained.get("seconds"),
@@ -204,7 +206,8 @@ def replay_cycle(raw: dict, root: Path, seed: int, count: int) -> dict:
 
 
 def examples_by_id(db, ids: list[str], history: int, anchors: dict) -> list:
-    """(a)'s training examples again, from the ids its round recorded (dream:, replay:, anchor:)."""
+    """(a)'s training examples again, from the ids its round recorded (dream:, replay:, anchor:,
+    neighbour:; `anchors` holds the bank's and the neighbour cache's by id)."""
     from dreamd.daemon.dreaming.training_set import replay_example
     from dreamd.trainers.examples import TrainingExample
 
@@ -218,8 +221,8 @@ def examples_by_id(db, ids: list[str], history: int, anchors: dict) -> list:
                                                     {"role": "assistant", "content": response}]))
         elif kind == "replay":
             out.append(replay_example(db, int(key), history))
-        elif kind == "anchor":
-            out.append(anchors[key].example())
+        elif kind in ("anchor", "neighbour"):
+            out.append(anchors[key].example(kind))
     return [e for e in out if e is not None]
 
 
@@ -229,14 +232,14 @@ def full_backprop_arm(raw: dict, root: Path, loop_root: Path, loop_points: list[
     (completion-only loss) from the previous round's checkpoint; no gate."""
     from contextlib import closing
 
-    from dreamd.daemon.loop.cycle import anchors_of
+    from dreamd.daemon.loop.cycle import anchors_of, neighbour_cache
     from dreamd.memory_graph.database.store import open_store
     from dreamd.trainers.context_frozen import completion_only_batch_loss
 
     config = config_from_dict(raw)
     layout = StateLayout(root).ensure()
     loop_layout = StateLayout(loop_root)
-    anchors = {a.id: a for a in anchors_of(config, loop_layout)}
+    anchors = {**neighbour_cache(config, loop_layout).known(), **{a.id: a for a in anchors_of(config, loop_layout)}}
     points = [{"index": 0, "phase": "start", "cycle": 0, "checkpoint": BASE, "steps": 0, "examples": 0,
                "measurement": base}]
     checkpoint = BASE
@@ -378,7 +381,7 @@ def run_experiment(config: Config, models_dir: Path, out: Path, s: ExperimentSet
     def replay_only(index: int, _phase: str, _k: int) -> dict:
         point = loop_points[index]  # as many real exchanges as (a) had dreams and replays
         return replay_cycle(raw, arms / "replay-only", s.seed * 1000 + index,
-                            point["examples"] - point.get("anchor_examples", 0))
+                            point["examples"] - point.get("anchor_examples", 0) - point.get("neighbour_examples", 0))
 
     results["arms"]["replay_only"] = timed("replay_only", lambda: loop_arm(
         raw, arms / "replay-only", logs, measurer_for, base, s, log, "replay only", replay_only)[0])

@@ -12,6 +12,7 @@ import pytest
 from dreamd.daemon.dreaming import review, signal_agent
 from dreamd.daemon.dreaming.batch import dream_batch, summary
 from dreamd.daemon.dreaming.dreams import NOTES_HEADER, answers_about, memory_chat, new_dreams
+from dreamd.daemon.dreaming.neighbours import neighbour_prompts
 from dreamd.daemon.dreaming.records import load_dream, untrained_memories
 from dreamd.daemon.dreaming.scenarios import Exchange, member_exchange, topic_of
 from dreamd.daemon.dreaming.settings import DreamSettings, SignalSettings
@@ -398,3 +399,33 @@ def test_a_scorer_that_raises_rejects_the_batch_instead_of_stopping_the_cycle(wo
                         graph_settings=GRAPH, seed=7, scorers={**signal_agent.SCORERS, "divergence": broken})
     assert batch and not any(d.accepted for d in batch)
     assert all("divergence: scorer failed: MemoryError" in " ".join(d.reasons) for d in batch)
+
+
+def test_neighbours_take_their_part_of_the_anchor_share_with_the_base_answers(world, scripted):
+    scripted()
+    assert any(d.accepted for d in run(world))
+    asked: list[list[tuple[str, str]]] = []
+
+    def as_base(prompts):  # stands in for the base model's cached answers (NeighbourCache.answers)
+        asked.append(prompts)
+        return [Anchor(i, p, f"The base says {i}.") for i, p in prompts]
+
+    settings = DreamSettings(replay_fraction=0.5, anchor_fraction=0.75, neighbour_share=0.5)
+    examples = training_set(world.db, settings, seed=1, anchors=ANCHORS, neighbours=as_base)
+    plain = training_set(world.db, settings, seed=1, anchors=ANCHORS)  # no answerer: the bank alone
+    rest = [e for e in examples if e.id.split(":")[0] in ("dream", "replay")]
+    near = [e for e in examples if e.id.startswith("neighbour:")]
+    bank = [e for e in examples if e.id.startswith("anchor:")]
+    share = share_count(len(rest), 0.75)
+    questions = [e.messages[0]["content"] for e in rest if e.id.startswith("dream:")]
+    drawn = neighbour_prompts(questions, 1)
+    assert near and len(near) == min(len(drawn), round(share * 0.5)) and len(near) + len(bank) == share
+    assert examples == rest + near + bank and plain[: len(rest)] == rest and len(plain) == len(examples)
+    assert len(asked) == 1 and len(asked[0]) == len(near)  # only the prompts taken are answered
+    for example in near:
+        prompt = example.messages[0]["content"]
+        assert (example.id.removeprefix("neighbour:"), prompt) in drawn and prompt not in questions
+        assert example.messages[1]["content"] == f"The base says {example.id.removeprefix('neighbour:')}."
+    off = training_set(world.db, dataclasses.replace(settings, neighbour_share=0.0), seed=1, anchors=ANCHORS,
+                       neighbours=as_base)
+    assert off == plain
