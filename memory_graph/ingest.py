@@ -28,6 +28,7 @@ import structlog
 from sqlite_utils import Database
 
 from dreamd.memory_graph.ann_index import index_folder
+from dreamd.memory_graph.batch_search import BatchSearch
 from dreamd.memory_graph.database.store import open_store
 from dreamd.memory_graph.formats.parse import parse_bytes
 from dreamd.memory_graph.formats.records import Parsed, ParseError
@@ -36,7 +37,7 @@ from dreamd.memory_graph.inbox import Claimed, Inbox, NotRegular, is_no_space, p
 from dreamd.memory_graph.memories import PlannedConversation, PlannedNode, plan_conversations, plan_nodes
 from dreamd.memory_graph.progress import LogProgress, Progress
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
-from dreamd.memory_graph.writer import Conflict, Duplicate, Written, commit_file
+from dreamd.memory_graph.writer import Conflict, Duplicate, Written, commit_file, planned_conversations
 
 log = structlog.get_logger("dreamd.ingest")
 
@@ -267,13 +268,16 @@ class Ingester:
     def _commit_batch(self, batch: list[Prepared], report: IngestReport, progress: Progress) -> None:
         progress.working_on(f"embedding {sum(len(p.nodes) for p in batch)} memories of {len(batch)} files")
         vectors = self.embedder.encode([node.text for p in batch for node in p.nodes])
-        offset = 0
-        for prepared in batch:
-            own = vectors[offset: offset + len(prepared.nodes)]
-            offset += len(prepared.nodes)
+        bounds = np.cumsum([0, *(len(p.nodes) for p in batch)])
+        owns = [np.asarray(vectors[a:b], dtype=np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        ahead = None
+        if self.graph_settings.knn_k and len(batch) > 1:  # one search for the batch (batch_search.py)
+            ahead = BatchSearch.run(self.db, self.graph, [(p, own, planned_conversations(self.db, p))
+                                                          for p, own in zip(batch, owns)], self.graph_settings.knn_k)
+        for place, (prepared, own) in enumerate(zip(batch, owns)):
             progress.working_on(printable(prepared.claimed.original_name))
             try:
-                written, own = self._commit_one(prepared, own, report)
+                written, own = self._commit_one(prepared, own, report, (ahead, place) if ahead else None)
             except sqlite3.Error as exc:
                 if disk_full(exc):
                     raise DiskFull(f"no space left on the device while storing {prepared.claimed.path.name} "
@@ -290,14 +294,15 @@ class Ingester:
                     self._record(report, prepared, written)
             progress.advance(1, messages=written.messages if written else 0)
 
-    def _commit_one(self, prepared: Prepared, own: np.ndarray,
-                    report: IngestReport) -> tuple[Written | None, np.ndarray]:
+    def _commit_one(self, prepared: Prepared, own: np.ndarray, report: IngestReport,
+                    ahead: tuple[BatchSearch, int] | None = None) -> tuple[Written | None, np.ndarray]:
         """One file's transaction (planned again if another ingester got some of it first), and
         the vectors it stored; None when there was nothing to write after all (a duplicate, or
         left for later)."""
         for _attempt in range(3):
             try:
-                return commit_file(self.db, self.graph, prepared, own, self.graph_settings, self.model_name), own
+                return commit_file(self.db, self.graph, prepared, own, self.graph_settings, self.model_name,
+                                   ahead), own
             except Duplicate as exc:  # another ingester committed the same file meanwhile
                 return self._duplicate(prepared.claimed, prepared.sha256, exc.name, report), own
             except Conflict:  # another ingester stored some of these messages meanwhile: plan again
@@ -305,6 +310,7 @@ class Ingester:
                 if redo is None:
                     return None, own
                 prepared, own = redo, self.embedder.encode([node.text for node in redo.nodes])
+                ahead = None  # planned again: not what the batch searched for
         self._defer(prepared.claimed.path, "store", RuntimeError("kept conflicting with another ingester"), report)
         return None, own
 

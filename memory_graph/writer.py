@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from sqlite_utils import Database
 
+from dreamd.memory_graph.batch_search import BatchSearch
 from dreamd.memory_graph.database.store import vector_blob, write
-from dreamd.memory_graph.graph import MemoryGraph
+from dreamd.memory_graph.graph import Delta, MemoryGraph
 from dreamd.memory_graph.memories import knn_pairs, nearest_others, structural_edges
 from dreamd.memory_graph.settings import GraphSettings
 
@@ -44,11 +45,17 @@ class Written:
 
 
 def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray, settings: GraphSettings,
-                model: str) -> Written:
+                model: str, ahead: tuple[BatchSearch, int] | None = None) -> Written:
+    """`ahead`: the batch's search (batch_search.py) and this file's place in it, or None to search
+    for this file alone."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    graph.refresh(db)  # outside any transaction: what other processes committed, so the search sees it
-    searched = graph.nearest(db, vectors, _planned_conversations(db, prepared), settings.knn_k) \
-        if settings.knn_k and len(prepared.nodes) else None
+    batch, place = ahead if ahead is not None and ahead[0].current(graph) else (None, -1)
+    knn = bool(settings.knn_k and len(prepared.nodes))
+    if batch is not None:
+        searched = batch.searched(place) if knn else None
+    else:
+        graph.refresh(db)  # outside any transaction: what other processes committed, so the search sees it
+        searched = graph.nearest(db, vectors, planned_conversations(db, prepared), settings.knn_k) if knn else None
     with write(db):
         first = db.execute("SELECT name FROM sources WHERE sha256 = ?", (prepared.sha256,)).fetchone()
         if first is not None:
@@ -60,6 +67,9 @@ def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray,
                           chunk).fetchone():
                 raise Conflict()
         meanwhile = graph.refresh(db)  # committed by others since the search; ids go on from them
+        if batch is not None:  # taken in now, so a later file of the batch scans them even if this one fails
+            batch.took_in(graph, meanwhile.ids, meanwhile.conversations, meanwhile.vectors)
+            meanwhile = Delta(*batch.since())  # everything since the batch's search, this refresh included
         parsed = prepared.parsed
         source_id = db.execute(
             "INSERT INTO sources (sha256, name, format, bytes, conversations, messages, duplicate_messages, skipped, "
@@ -120,6 +130,8 @@ def commit_file(db: Database, graph: MemoryGraph, prepared, vectors: np.ndarray,
                             [(a, b, k, w) if a < b else (b, a, k, w) for a, b, k, w in edges])
     written = Written(len(shas), nodes, edges)
     graph.add(written.nodes, vectors, written.edges)  # at once, so no later refresh can skip past them
+    if batch is not None and nodes:
+        batch.took_in(graph, np.array([n for n, _ in nodes]), np.array([c for _, c in nodes]), vectors)
     return written
 
 
@@ -131,7 +143,7 @@ def _conversation_id(db: Database, conversation, source_id: int) -> int:
     return db.execute("SELECT id FROM conversations WHERE key = ?", (conversation.key,)).fetchone()[0]
 
 
-def _planned_conversations(db: Database, prepared) -> np.ndarray:
+def planned_conversations(db: Database, prepared) -> np.ndarray:
     """Each planned node's conversation id where the conversation is stored already (a re-export's
     new turns), else a negative stand-in: a conversation stored by nobody has no memories to exclude."""
     keys = [c.key for c in prepared.conversations]
