@@ -104,7 +104,7 @@ class GraphSettings:
         "help": "Walks run from a collision's start (together, as one batch)."
     })
     # 2,048, measured with batched ingest (bench_inbox_scale, quiet machine): at 2,000 memories the
-    # exact scan drains 873-916 files/s and the index 856; at 20,000 the index is the faster (711-730
+    # exact scan drains 873-916 files/s and the index 856; at 20,000 the index is the faster (666-730
     # files/s against 630 with the exact scan up to 20,000). Below the crossing the scan is exact and
     # no slower.
     exact_below: int = field(default=2_048, metadata={"help": (
