@@ -122,8 +122,9 @@ def base_anchors(model_dir: Path, cache_dir: Path, load_base) -> list[Anchor]:
 # A neighbour's answer is held for its first sentence or two: where a taught fact would spill over.
 NEIGHBOUR_TOKENS = 48
 # Entries kept per base model, newest last: a round uses one per dream, and the oldest are only
-# needed again to rebuild an old round (the experiment's arm e), never for the next one.
-NEIGHBOURS_KEPT = 4096
+# needed again to rebuild an old round (the experiment's arm e), never for the next one. Each is
+# about 12 KB of JSON (48 tokens x top-16), so the file stays near 12 MB at most.
+NEIGHBOURS_KEPT = 1024
 
 
 class NeighbourCache:
