@@ -56,3 +56,27 @@ def test_neighbour_prompts_are_answered_by_the_base_once_then_read_back(tmp_path
     assert again.answers(first) == answered and loads == [1]
     assert again.answers([*first, ("n3", "Where does a horse live?")])[:2] == answered and loads == [1, 1]
     assert set(NeighbourCache(default_model_dir, tmp_path / "cache", load_base).known()) == {"n1", "n2", "n3"}
+
+
+def test_the_neighbour_cache_keeps_the_newest_and_remembers_empty_answers(tmp_path, monkeypatch):
+    """The logic around the base model (a stand-in answers): what is kept, what is asked again."""
+    from dreamd.trainers import anchors
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"\0" * 64)
+    asked: list[list[str]] = []
+
+    def answered_by(_loaded, prompts, _tokens):
+        asked.append([i for i, _p in prompts])
+        return [anchors.Anchor(i, p, "" if i == "silent" else f"answer {i}") for i, p in prompts]
+
+    monkeypatch.setattr(anchors, "answered_by", answered_by)
+    monkeypatch.setattr(anchors, "NEIGHBOURS_KEPT", 3)
+    cache = anchors.NeighbourCache(base, tmp_path / "cache", lambda: None)
+    got = cache.answers([("n1", "one?"), ("silent", "nothing?"), ("n2", "two?")])
+    assert [a.id for a in got] == ["n1", "n2"] and asked == [["n1", "silent", "n2"]]
+    assert cache.answers([("silent", "nothing?")]) == [] and len(asked) == 1  # not asked again
+    cache.answers([("n3", "three?"), ("n4", "four?")])
+    kept = anchors.NeighbourCache(base, tmp_path / "cache", lambda: None).known()
+    assert list(kept) == ["n2", "n3", "n4"]  # the newest three, from the file
