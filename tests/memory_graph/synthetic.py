@@ -147,3 +147,30 @@ class WordEmbedder:
             for word in text.lower().split():
                 out[row] += np.random.default_rng(zlib.crc32(word.encode())).standard_normal(self.dimension)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def racing_writers(tmp_path: Path, settings, embedder):
+    """Two ingesters on one database (ours, and theirs with its own inbox and connection), and
+    `race()`: from then on our next search is followed, once, by theirs committing everything in
+    their inbox. Returns (ours, theirs, raced, race): `raced` gets the count they ingested."""
+    from dreamd.daemon.service.state_dir import StateLayout
+    from dreamd.memory_graph.database.store import connect
+    from dreamd.memory_graph.ingest import Ingester
+    from dreamd.memory_graph.settings import InboxSettings
+
+    layout = StateLayout(tmp_path / "state").ensure()
+    ours = Ingester(layout.inbox, layout.database, embedder, InboxSettings(stable_seconds=0.0), settings)
+    theirs = Ingester(tmp_path / "their-inbox", layout.database, embedder, InboxSettings(stable_seconds=0.0),
+                      settings, db=connect(layout.database))
+    search, raced = ours.graph.nearest, []
+
+    def search_then_another_writer_commits(*args, **kwargs):
+        found = search(*args, **kwargs)
+        if not raced:  # once, right after our search: they commit all their files in between
+            raced.append(theirs.drain().ingested)
+        return found
+
+    def race() -> None:
+        ours.graph.nearest = search_then_another_writer_commits
+
+    return ours, theirs, raced, race

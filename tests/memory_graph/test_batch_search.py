@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from dreamd.daemon.service.state_dir import StateLayout
-from dreamd.memory_graph.database.store import blob_vector, connect
+from dreamd.memory_graph.database.store import blob_vector
 from dreamd.memory_graph.ingest import Ingester
 from dreamd.memory_graph.memories import knn_pairs, nearest_others
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
-from tests.memory_graph.synthetic import WordEmbedder, chat_files
+from tests.memory_graph.synthetic import WordEmbedder, chat_files, racing_writers
 
 K, MIN_SIMILARITY = 8, 0.2
 
@@ -81,25 +81,13 @@ def test_a_batch_gets_the_edges_of_an_exact_scan_per_file(tmp_path, exact_below)
 @pytest.mark.parametrize("exact_below", [20_000, 0], ids=["exact", "index"])
 def test_another_writer_between_the_batch_search_and_its_files(tmp_path, exact_below):
     settings = GraphSettings(min_similarity=MIN_SIMILARITY, exact_below=exact_below)
-    layout = StateLayout(tmp_path / "state").ensure()
-    ours = Ingester(layout.inbox, layout.database, WordEmbedder(), InboxSettings(stable_seconds=0.0), settings)
-    theirs = Ingester(tmp_path / "their-inbox", layout.database, WordEmbedder(), InboxSettings(stable_seconds=0.0),
-                      settings, db=connect(layout.database))
+    ours, theirs, raced, race = racing_writers(tmp_path, settings, WordEmbedder())
     for path in one_exchange_files(tmp_path / "first", 0):
         ours.inbox.drop(path)
     ours.drain()
     for path in chat_files(tmp_path / "theirs", 2):
         theirs.inbox.drop(path)
-
-    search, raced = ours.graph.nearest, []
-
-    def search_then_another_writer_commits(*args, **kwargs):
-        found = search(*args, **kwargs)
-        if not raced:  # once, right after our batch's search: they commit all their files
-            raced.append(theirs.drain().ingested)
-        return found
-
-    ours.graph.nearest = search_then_another_writer_commits
+    race()  # right after our batch's search
     for path in one_exchange_files(tmp_path / "second", 1):
         ours.inbox.drop(path)
     assert ours.drain().ingested == 20

@@ -13,11 +13,10 @@ import pytest
 from dreamd.daemon.service.state_dir import StateLayout
 from dreamd.memory_graph.database.store import blob_vector, connect, open_store
 from dreamd.memory_graph.inbox import Inbox
-from dreamd.memory_graph.ingest import Ingester
 from dreamd.memory_graph.memories import knn_pairs, nearest_others
 from dreamd.memory_graph.settings import GraphSettings, InboxSettings
 from tests.bench.bench_ingest import synthetic_files
-from tests.memory_graph.synthetic import WordEmbedder, chat_files
+from tests.memory_graph.synthetic import WordEmbedder, chat_files, racing_writers
 
 WORKER = Path(__file__).with_name("ingest_worker.py")
 
@@ -56,26 +55,13 @@ def test_a_reader_holding_a_transaction_is_never_refused_during_ingest(tmp_path)
 @pytest.mark.parametrize("exact_below", [20_000, 0], ids=["exact", "index"])
 def test_memories_committed_between_search_and_write_become_neighbours(tmp_path, exact_below):
     settings = GraphSettings(min_similarity=0.2, exact_below=exact_below)
-    layout = StateLayout(tmp_path / "state").ensure()
-    ours = Ingester(layout.inbox, layout.database, WordEmbedder(), InboxSettings(stable_seconds=0.0), settings)
-    theirs = Ingester(tmp_path / "their-inbox", layout.database, WordEmbedder(), InboxSettings(stable_seconds=0.0),
-                      settings, db=connect(layout.database))
+    ours, theirs, raced, race = racing_writers(tmp_path, settings, WordEmbedder())
     for path in chat_files(tmp_path / "sources", 0):
         ours.inbox.drop(path)
     ours.drain()
     for path in chat_files(tmp_path / "sources", 2):
         theirs.inbox.drop(path)
-
-    search = ours.graph.nearest
-    raced = []
-
-    def search_then_another_writer_commits(*args, **kwargs):
-        found = search(*args, **kwargs)
-        if not raced:  # once: the other process commits all its files in between
-            raced.append(theirs.drain().ingested)
-        return found
-
-    ours.graph.nearest = search_then_another_writer_commits
+    race()  # the other process commits all its files between our search and our write
     for path in chat_files(tmp_path / "sources", 1, files=1):
         ours.inbox.drop(path)
     ours.drain()
