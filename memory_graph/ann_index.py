@@ -45,7 +45,8 @@ LAYOUT = {"metric": "cos", "dtype": "i8", "connectivity": 16, "expansion_add": 6
 WIDEST_FROM = 1_000_000  # memories from which the search is as wide as `index_search_expansion`
 NARROWEST = 64
 CATCH_UP_ROWS = 20_000  # vectors read from SQLite per step while rebuilding or catching up
-PARALLEL_ADD = 5_000  # vectors added at once from which every core is used
+PARALLEL_ADD = 256  # vectors inserted at once from which every core is used
+PENDING_AT_MOST = 512  # vectors held back from the HNSW graph (and searched exactly) before inserting
 SWEEP_AGE_S = 600  # unreferenced files older than this are leftovers of a crash or of another writer
 
 
@@ -66,9 +67,12 @@ class AnnIndex:
         self._saved_at = time.monotonic()
         self._retry_at = 0.0  # after a failed save, when to try again
         self._file: str | None = None  # the file the pointer names, as far as this process knows
+        self._pending_ids: list[np.ndarray] = []  # added, not yet inserted into `index` (see `add`)
+        self._pending_vectors: list[np.ndarray] = []
+        self._pending = 0
 
     def __len__(self) -> int:
-        return len(self.index) if self.index is not None else 0
+        return (len(self.index) if self.index is not None else 0) + self._pending
 
     # -- open: load, verify against the database, rebuild or catch up ------------------------
     @classmethod
@@ -132,6 +136,7 @@ class AnnIndex:
                 (self.max_id, CATCH_UP_ROWS),
             ).fetchall()
             if not rows:
+                self.flush()
                 return added
             self.add(np.array([r[0] for r in rows], dtype=np.int64), np.stack([blob_vector(r[1]) for r in rows]))
             added += len(rows)
@@ -147,26 +152,50 @@ class AnnIndex:
         if self.index is None:
             self.dimension = vectors.shape[1]
             self.index = _new_index(self.dimension, self.settings)
-        # Concurrent inserts link a little worse (a fresh node can miss one added beside it): one
-        # thread for what ingest adds, every core only for a rebuild's or a catch-up's big chunks.
-        self.index.add(np.asarray(ids, dtype=np.uint64), vectors, threads=0 if len(ids) >= PARALLEL_ADD else 1)
+        # Ingest adds a file's few memories at a time. Inserted one by one that is one core's work;
+        # held back and inserted a few hundred at once, every core links them. Until then they are
+        # searched exactly (`_search_pending`), so no search misses them.
+        self._pending_ids.append(np.asarray(ids, dtype=np.uint64))
+        self._pending_vectors.append(vectors)
+        self._pending += len(ids)
         self.max_id = int(ids[-1])
         self.unsaved += len(ids)
+        if self._pending >= PENDING_AT_MOST:
+            self.flush()
+
+    def flush(self) -> None:
+        """Insert what `add` held back."""
+        if not self._pending:
+            return
+        ids, vectors = np.concatenate(self._pending_ids), np.concatenate(self._pending_vectors)
+        self._pending_ids, self._pending_vectors, self._pending = [], [], 0
+        # Concurrent inserts link a little worse (a fresh node can miss one added beside it), so a
+        # handful still goes in on one thread.
+        self.index.add(ids, vectors, threads=0 if len(ids) >= PARALLEL_ADD else 1)
 
     def search(self, vectors: np.ndarray, count: int) -> np.ndarray:
-        """The ids of up to `count` approximate nearest memories per query, -1 where fewer."""
+        """The ids of up to `count` approximate nearest memories per query, -1 where fewer; the
+        memories `add` still holds back come as extra columns, their exact best `count`."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         out = np.full((len(vectors), count), -1, dtype=np.int64)
-        if self.index is None or not len(self.index) or not len(vectors):
+        if self.index is None or not len(vectors):
             return out
-        self.index.expansion_search = search_width(self.settings.index_search_expansion, len(self.index))
-        matches = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), count, threads=0)
-        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(vectors), -1)
-        # One query comes back as `Matches` (its keys only those found), several as `BatchMatches`
-        # (keys padded, with `counts`).
-        counts = np.asarray(matches.counts) if hasattr(matches, "counts") else np.array([len(matches)])
-        found = np.arange(keys.shape[1])[None, :] < counts.reshape(-1, 1)
-        out[:, : keys.shape[1]] = np.where(found, keys, -1)
-        return out
+        if len(self.index):
+            self.index.expansion_search = search_width(self.settings.index_search_expansion, len(self))
+            matches = self.index.search(vectors, count, threads=0)
+            keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(vectors), -1)
+            # One query comes back as `Matches` (its keys only those found), several as
+            # `BatchMatches` (keys padded, with `counts`).
+            counts = np.asarray(matches.counts) if hasattr(matches, "counts") else np.array([len(matches)])
+            found = np.arange(keys.shape[1])[None, :] < counts.reshape(-1, 1)
+            out[:, : keys.shape[1]] = np.where(found, keys, -1)
+        return np.concatenate([out, self._search_pending(vectors, count)], axis=1) if self._pending else out
+
+    def _search_pending(self, vectors: np.ndarray, count: int) -> np.ndarray:
+        held = np.concatenate(self._pending_vectors)
+        scores = vectors @ held.T / np.maximum(np.linalg.norm(held, axis=1), 1e-12)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+        return np.concatenate(self._pending_ids).astype(np.int64)[best]
 
     # -- save --------------------------------------------------------------------------------
     def maybe_save(self) -> bool:
@@ -186,6 +215,7 @@ class AnnIndex:
     def save(self) -> None:
         if self.index is None:
             return
+        self.flush()
         started = time.monotonic()
         name = f"index-{self.max_id}-{os.getpid()}-{secrets.token_hex(3)}.usearch"
         staged = self.folder / f".{name}.tmp"

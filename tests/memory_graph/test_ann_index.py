@@ -111,6 +111,27 @@ def test_files_of_one_memory_each_go_through_the_index(tmp_path):
     assert same_edges(all_edges(indexed), expected)
 
 
+def test_memories_held_back_from_the_hnsw_graph_are_found_and_inserted(tmp_path):
+    # Ingest's few memories a file wait to be inserted a few hundred at once; a search meanwhile
+    # must still find them (each query below is closest to itself, a held-back memory).
+    vectors, _labels, _centres = clustered_vectors(1100, 32, seed=3)
+    (tmp_path / "ann").mkdir()
+    ann = AnnIndex(tmp_path / "ann", GraphSettings())
+    ann.add(np.arange(1, 1001, dtype=np.int64), vectors[:1000])  # a catch-up's chunk: inserted at once
+    assert len(ann.index) == 1000
+    for start in range(1000, 1100, 2):  # files of two memories
+        ann.add(np.arange(start + 1, start + 3, dtype=np.int64), vectors[start:start + 2])
+    assert len(ann) == 1100 and ann.max_id == 1100 and len(ann.index) == 1000
+    own = np.arange(1001, 1101)
+    assert (ann.search(vectors[1000:], 8) == own[:, None]).any(axis=1).all()
+    ann.flush()
+    assert len(ann.index) == 1100 and len(ann) == 1100
+    assert (ann.search(vectors[1000:], 8) == own[:, None]).any(axis=1).all()
+    ann.add(np.array([1101]), vectors[:1] * -1)
+    ann.save()  # saves what is held back too
+    assert len(ann.index) == 1101 and json.loads((tmp_path / "ann" / POINTER).read_text())["count"] == 1101
+
+
 def test_sigkill_during_index_saves_recovers_every_memory(tmp_path):
     database = tmp_path / "dreamd.db"
     vectors, labels, _ = clustered_vectors(8000, 64, seed=3)
