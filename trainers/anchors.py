@@ -90,7 +90,7 @@ def cache_path(cache_dir: Path, model_dir: Path) -> Path:
 def answered_by(loaded, prompts: list[tuple[str, str]], answer_tokens: int = ANSWER_TOKENS) -> list[Anchor]:
     """(id, prompt) pairs answered greedily by `loaded`, with its top-k distribution at every answer
     token; a prompt answered with nothing is left out."""
-    from dreamd.trainers.gate.metrics import EVAL_BATCH, answer_logprobs, top_k
+    from dreamd.trainers.gate.metrics import EVAL_BATCH, answer_top_k
     from dreamd.trainers.generate import chat_replies
 
     if not prompts:
@@ -99,7 +99,7 @@ def answered_by(loaded, prompts: list[tuple[str, str]], answer_tokens: int = ANS
     replies = chat_replies(loaded, [[{"role": "user", "content": p}] for _i, p in prompts], answer_tokens,
                            EVAL_BATCH)
     plain = [Anchor(i, p, r.strip()) for (i, p), r in zip(prompts, replies, strict=True) if r.strip()]
-    tops = top_k(answer_logprobs(loaded, [a.example() for a in plain]), TOP_K)
+    tops = answer_top_k(loaded, [a.example() for a in plain], TOP_K)
     return [Anchor(a.id, a.prompt, a.answer, t.ids.tolist(),
                    [[round(x, 4) for x in row] for row in t.logprobs.tolist()])
             for a, t in zip(plain, tops, strict=True)]

@@ -2,14 +2,21 @@
 
 Replies are generated in batches: prompts are left-padded (so every prompt ends where generation
 starts) and masked, which on two CPU cores is several times the throughput of one at a time.
+
+Greedy batches without stop strings (the gate's probes, the teacher's answers, the anchors) run
+through `greedy_rows`, which drops a row from the batch as soon as it has ended: transformers'
+`generate` computes every row until the last one ends, and a decoding step costs in proportion to
+its rows (two thirds of it is the linear layers). The gate's 230 probes end after 22 of their 32
+tokens on average; half reach the cap.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
 from dreamd.trainers.model_store import LoadedModel
 
@@ -58,7 +65,7 @@ def generate_chats(
     temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(conversations)
     if len(temps) != len(conversations):
         raise ValueError(f"{len(temps)} temperatures for {len(conversations)} conversations")
-    done_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    done_ids = ({tokenizer.eos_token_id, tokenizer.pad_token_id} | _eos_ids(model)) - {None}
     results: list[Generation] = []
     for index, start in enumerate(range(0, len(conversations), batch_size)):
         prompts = [
@@ -84,11 +91,16 @@ def generate_chats(
             sampling["max_time"] = max_seconds
         if seed is not None:
             torch.manual_seed(seed + index)
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        for row in new_tokens.tolist():
+        if max(batch_temps) == 0 and not stop_strings:
+            deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+            new_tokens = greedy_rows(model, inputs["input_ids"], inputs["attention_mask"], max_new_tokens,
+                                     done_ids, deadline)
+        else:
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        for row in new_tokens:
             # A row ends at its first end-of-turn (or the padding generate writes once a stop string
             # appears); a row with neither was cut short by the token budget or by the clock.
             ended = next((i for i, token in enumerate(row) if token in done_ids), None)
@@ -102,6 +114,48 @@ def generate_chats(
             text = _cut(tokenizer.decode(kept, skip_special_tokens=True), stop_strings)
             results.append(Generation(text.strip(), len(kept), finish))
     return results
+
+
+@torch.inference_mode()
+def greedy_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                done_ids: set[int], deadline: float | None = None) -> list[list[int]]:
+    """Greedy continuations of a left-padded batch, one list of new tokens per row: up to and
+    including its first token in `done_ids`, else `max_new_tokens` of them (fewer if `deadline`, a
+    `time.monotonic()`, passed first). A row leaves the batch, and its keys and values the cache,
+    once it has ended; the others' numbers are those of a pass without it."""
+    rows = input_ids.shape[0]
+    new: list[list[int]] = [[] for _ in range(rows)]
+    active = torch.arange(rows)
+    mask = attention_mask
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # each row's positions as it would have alone
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    last = positions[:, -1]
+    for step in range(max_new_tokens):
+        chosen = logits.argmax(dim=-1)
+        tokens = chosen.tolist()
+        ended = [token in done_ids for token in tokens]
+        for row, token in zip(active.tolist(), tokens, strict=True):
+            new[row].append(token)
+        if step == max_new_tokens - 1 or all(ended) or (deadline is not None and time.monotonic() > deadline):
+            break
+        if any(ended):
+            keep = torch.tensor([i for i, gone in enumerate(ended) if not gone], device=chosen.device)
+            cache.reorder_cache(keep)
+            active, chosen, mask, last = active[keep.cpu()], chosen[keep], mask[keep], last[keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        last = last + 1
+        logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=last[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    return new
+
+
+def _eos_ids(model) -> set[int]:
+    """The end-of-sequence tokens the model's generation config names (what `generate` stops at)."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
 
 
 def _stopped(text: str, stop_strings: tuple[str, ...]) -> bool:

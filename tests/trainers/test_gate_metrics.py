@@ -13,7 +13,9 @@ from dreamd.trainers.gate.metrics import (
     GENERAL_METRICS,
     MAX_CONTEXT_TOKENS,
     EvalSuite,
+    answer_kl,
     answer_logprobs,
+    answer_top_k,
     ask,
     base_reference,
     evaluate,
@@ -100,6 +102,16 @@ def test_mean_kl_on_the_top_k_is_exact_with_the_whole_vocabulary_and_a_lower_bou
     tops = top_k(base, 4)
     assert all(t.ids.shape == t.logprobs.shape == (b.shape[0], 4) for t, b in zip(tops, base))
     assert all(bool((t.logprobs[:, :-1] >= t.logprobs[:, 1:]).all()) for t in tops)  # best first
+
+
+def test_streamed_top_k_and_kl_equal_those_of_the_whole_distributions(tiny):
+    # The gate reads of each answer position only what it needs; the numbers must not move.
+    base, moved = answer_logprobs(tiny, ANCHORS), moved_copy(tiny, 0.1)
+    streamed = answer_top_k(tiny, ANCHORS, 4)
+    for whole, part in zip(top_k(base, 4), streamed, strict=True):
+        assert torch.equal(whole.ids, part.ids) and torch.allclose(whole.logprobs, part.logprobs, atol=1e-5)
+    expected = mean_kl(streamed, answer_logprobs(moved, ANCHORS))
+    assert expected > 0 and answer_kl(moved, ANCHORS, streamed) == pytest.approx(expected, rel=1e-5)
 
 
 def test_base_against_itself_has_zero_kl_and_identical_fingerprint(tiny, suite):
@@ -211,7 +223,7 @@ def replace_soft(example):
 def test_the_base_reference_takes_the_anchors_cached_distribution(tiny, suite, monkeypatch):
     ids, logprobs = [[5, 7], [9, 2]], [[-0.2, -1.9], [-0.1, -2.5]]
     anchors = [dataclasses.replace(a, soft=SoftTargets(ids, logprobs)) for a in suite.anchors]
-    monkeypatch.setattr(gate_metrics, "answer_logprobs", lambda *a, **k: pytest.fail("the base was asked again"))
+    monkeypatch.setattr(gate_metrics, "_answer_logits", lambda *a, **k: pytest.fail("the base was asked again"))
     tops = gate_metrics.anchor_top_k(tiny, anchors)
     assert [t.ids.tolist() for t in tops] == [ids] * len(anchors)
     assert all(torch.allclose(t.logprobs, torch.tensor(logprobs)) for t in tops)

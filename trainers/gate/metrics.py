@@ -44,7 +44,7 @@ TOP_K = 32  # of the base's distribution kept per anchor answer position, for an
 # Part of the suites' keys: raised when an evaluation measures something new (2: per-probe hits),
 # so evaluations stored without it are measured again rather than compared on less.
 MEASURES_VERSION = 2
-EVAL_BATCH = 64  # rows per greedy generation batch: on CPU the per-step overhead dominates, so wider is faster
+EVAL_BATCH = 128  # rows per greedy generation batch; see the measurement in trainers/generate.py
 
 FINGERPRINT_PROMPTS = [
     "Describe your favourite season in two sentences.",
@@ -116,15 +116,17 @@ def _head_at(model, input_ids: torch.Tensor, mask: torch.Tensor, scored: torch.T
     return lm.get_output_embeddings()(hidden[scored]).float()
 
 
-@torch.inference_mode()
-def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16) -> list[torch.Tensor]:
-    """Per exchange, the (answer positions, vocab) log-probabilities of each answer token's
-    prediction: the positions where the model answers, not where it reads."""
+def _answer_logits(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16):
+    """Yields (index, float logits at the exchange's answer positions) for every exchange, in
+    batches of like length (an anchor's answer runs 10 to 96 tokens: less padding). Callers keep
+    what they need of each (a few of its vocabulary's log-probabilities, its top-k), never the
+    whole distribution: 64 anchors of ~90 answer tokens at a 49,152-token vocabulary are 1.1 GB."""
     model, tokenizer = loaded.model, loaded.tokenizer
     every = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges]
-    result = []
-    for start in range(0, len(every), batch_size):
-        chunk = every[start : start + batch_size]
+    order = sorted(range(len(every)), key=lambda i: len(every[i][0]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        chunk = [every[i] for i in rows]
         width = max(len(ids) for ids, _ in chunk)
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
@@ -134,9 +136,41 @@ def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch
             mask[row, : len(ids)] = 1
             scored[row, boundary - 1 : len(ids) - 1] = True
         logits = _head_at(model, input_ids.to(model.device), mask.to(model.device), scored.to(model.device))
-        logprobs = F.log_softmax(logits, dim=-1).cpu()  # rows in order, each row's positions in order
-        result += list(logprobs.split(scored.sum(dim=1).tolist()))
+        yield from zip(rows, logits.split(scored.sum(dim=1).tolist()))  # rows in order, positions in order
+
+
+@torch.inference_mode()
+def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16) -> list[torch.Tensor]:
+    """Per exchange, the (answer positions, vocab) log-probabilities of each answer token's
+    prediction: the positions where the model answers, not where it reads."""
+    result: list[torch.Tensor] = [torch.empty(0)] * len(exchanges)
+    for index, logits in _answer_logits(loaded, exchanges, batch_size):
+        result[index] = F.log_softmax(logits, dim=-1).cpu()
     return result
+
+
+@torch.inference_mode()
+def answer_top_k(loaded: LoadedModel, exchanges: list[TrainingExample], k: int = TOP_K) -> list[TopK]:
+    """`top_k(answer_logprobs(...))` without holding every distribution at once."""
+    result: list[TopK] = [None] * len(exchanges)  # type: ignore[list-item]
+    for index, logits in _answer_logits(loaded, exchanges):
+        values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+        result[index] = TopK(ids.cpu(), (values - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu())
+    return result
+
+
+@torch.inference_mode()
+def answer_kl(loaded: LoadedModel, exchanges: list[TrainingExample], reference: list[TopK]) -> float:
+    """`mean_kl(reference, answer_logprobs(...))`, reading of each distribution only the
+    reference's top-k and its normaliser."""
+    total, count = 0.0, 0
+    for index, logits in _answer_logits(loaded, exchanges):
+        ref = reference[index]
+        ids = ref.ids.to(logits.device)
+        at_ref = (logits.gather(1, ids) - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu()
+        total += _kl_sum(ref, at_ref)
+        count += ref.ids.shape[0]
+    return total / max(count, 1)
 
 
 def _whole(encoded: EncodedExample) -> tuple[list[int], int]:
@@ -160,15 +194,18 @@ def mean_kl(reference: list[TopK], candidate: list[torch.Tensor]) -> float:
     """Mean over positions of KL(reference || candidate), the reference's top-k tokens exact and
     the rest of its mass as one bucket (KL of the coarsened distributions, a lower bound that is
     tight when the top-k hold nearly all the mass, as they do for a model's own greedy answers)."""
-    total, count = 0.0, 0
-    for ref, cand in zip(reference, candidate, strict=True):
-        p_ref, lp_cand = ref.logprobs.exp(), cand.gather(1, ref.ids)
-        rest_ref = (1 - p_ref.sum(dim=1)).clamp(min=1e-12)
-        rest_cand = (1 - lp_cand.exp().sum(dim=1)).clamp(min=1e-12)
-        kl = (p_ref * (ref.logprobs - lp_cand)).sum(dim=1) + rest_ref * (rest_ref.log() - rest_cand.log())
-        total += float(kl.clamp(min=0).sum())
-        count += ref.ids.shape[0]
-    return total / max(count, 1)
+    total = sum(_kl_sum(ref, cand.gather(1, ref.ids)) for ref, cand in zip(reference, candidate, strict=True))
+    return total / max(sum(ref.ids.shape[0] for ref in reference), 1)
+
+
+def _kl_sum(ref: TopK, at_ref: torch.Tensor) -> float:
+    """Summed over positions: KL of the coarsened distributions, given the candidate's
+    log-probabilities at the reference's top-k tokens (`at_ref`, positions × k)."""
+    p_ref = ref.logprobs.exp()
+    rest_ref = (1 - p_ref.sum(dim=1)).clamp(min=1e-12)
+    rest_cand = (1 - at_ref.exp().sum(dim=1)).clamp(min=1e-12)
+    kl = (p_ref * (ref.logprobs - at_ref)).sum(dim=1) + rest_ref * (rest_ref.log() - rest_cand.log())
+    return float(kl.clamp(min=0).sum())
 
 
 def probe_hits(replies: list[str], probes: list[Probe]) -> str:
@@ -259,7 +296,7 @@ def evaluate(loaded: LoadedModel, suite: EvalSuite, embed, base: BaseReference |
             "probe_loss": _mean(losses["probes"]),
             "probe_accuracy": greedy_accuracy(replies["probes"], suite.probes),
             "probe_hits": probe_hits(replies["probes"], suite.probes),
-            "kl_to_base": mean_kl(base.anchor_top_k, answer_logprobs(loaded, suite.anchors))
+            "kl_to_base": answer_kl(loaded, suite.anchors, base.anchor_top_k)
             if base and suite.anchors else 0.0,
             "fingerprint_to_base": _similarity(fingerprint, base.fingerprint if base else fingerprint),
         }
@@ -301,7 +338,7 @@ def base_reference(loaded: LoadedModel, suite: EvalSuite, embed, metrics: dict |
 def anchor_top_k(loaded: LoadedModel, anchors: list[TrainingExample]) -> list[TopK]:
     if anchors and all(a.soft is not None for a in anchors):
         return [TopK(torch.tensor(a.soft.ids), torch.tensor(a.soft.logprobs)) for a in anchors]
-    return top_k(answer_logprobs(loaded, anchors))
+    return answer_top_k(loaded, anchors)
 
 
 def _similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -39,9 +39,8 @@ from dreamd.trainers.gate.metrics import (
     BaseReference,
     EvalSuite,
     TopK,
-    answer_logprobs,
+    answer_kl,
     evaluate,
-    mean_kl,
 )
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
@@ -103,7 +102,7 @@ def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
     side: its cached top-k)."""
     anchors = measured(anchors)
     reference = [TopK(torch.tensor(a.top_ids), torch.tensor(a.top_logprobs)) for a in anchors]
-    return mean_kl(reference, answer_logprobs(loaded, [a.example() for a in anchors]))
+    return answer_kl(loaded, [a.example() for a in anchors], reference)
 
 
 def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], general: dict) -> dict:
