@@ -39,12 +39,6 @@ from dreamd.trainers.update_modes import (
 
 log = structlog.get_logger(__name__)
 
-# Batches drawn together and grouped by length (like_length_batches). Measured on the four rounds
-# of the last full memory-formation run (70-84 examples, batches of 4): padded response tokens
-# 4,326-4,958 drawn at random, 2,188-2,568 in pools of 16 batches, 2,388-2,862 in pools of 8, with
-# the exact count 2,058-2,381; context tokens 5,586-8,116 at random, 5,512-6,752 in pools of 8.
-POOL_BATCHES = 8
-
 
 @dataclass
 class StepResult:
@@ -75,23 +69,6 @@ def train_step(model, optimizer, batch: list[EncodedExample], pad_id: int, grad_
     return StepResult(value, norm, applied=True)
 
 
-def like_length_batches(encoded: list[EncodedExample], size: int, generator: torch.Generator,
-                        pool: int = POOL_BATCHES) -> list[list[EncodedExample]]:
-    """One epoch's batches: the examples shuffled, cut into pools of `pool` batches, each pool
-    sorted by response length (then context length) and cut into batches, the batches shuffled.
-    A batch is padded to its longest response and context, and a round mixes 48-token neighbour
-    answers with 128-token dreams and long replays: drawn at random, half the response tokens a step
-    computed (and back-propagated) were padding. Each batch still comes from a random pool, so the
-    examples still meet different others every epoch."""
-    order = torch.randperm(len(encoded), generator=generator).tolist()
-    batches = []
-    for start in range(0, len(order), size * pool):
-        members = sorted((encoded[i] for i in order[start : start + size * pool]),
-                         key=lambda e: (len(e.response_ids), len(e.context_ids)))
-        batches += [members[at : at + size] for at in range(0, len(members), size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
 @dataclass
 class Trainer:
     """The model, optimizer and RNG of a lineage, ready to train and to save."""
@@ -118,7 +95,9 @@ class Trainer:
         pad_id = self.tokenizer.pad_token_id
         size = self.settings.batch_size
         for _epoch in range(self.settings.epochs):
-            for batch in like_length_batches(encoded, size, self.generator):
+            order = torch.randperm(len(encoded), generator=self.generator).tolist()
+            for start in range(0, len(order), size):
+                batch = [encoded[i] for i in order[start : start + size]]
                 result = train_step(self.model, self.optimizer, batch, pad_id, self.settings.grad_clip, self.loss_fn)
                 self.step += int(result.applied)
                 self.history.append(result)

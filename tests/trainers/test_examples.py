@@ -43,30 +43,3 @@ def test_context_loses_its_oldest_tokens_response_stays_whole():
 def test_an_example_must_end_with_a_response_after_a_context(messages):
     with pytest.raises(ValueError):
         encode_example(tiny_tokenizer(), TrainingExample("x", messages), 100)
-
-
-def test_batches_of_like_length_hold_every_example_once_with_less_padding():
-    import random
-
-    import torch
-
-    from dreamd.trainers.examples import EncodedExample
-    from dreamd.trainers.round import like_length_batches
-
-    rng = random.Random(0)  # a round's mix: short neighbour answers, long dreams, long replays
-    examples = [EncodedExample(f"e{n}", [1] * rng.randint(10, 300), [2] * rng.choice([rng.randint(5, 48), 128]))
-                for n in range(83)]
-
-    def padded(batches):
-        return sum(len(b) * max(len(e.response_ids) for e in b) for b in batches)
-
-    first = like_length_batches(examples, 4, torch.Generator().manual_seed(0))
-    again = like_length_batches(examples, 4, torch.Generator().manual_seed(0))
-    other = like_length_batches(examples, 4, torch.Generator().manual_seed(1))
-    assert sorted(e.id for b in first for e in b) == sorted(e.id for e in examples)  # each once
-    assert all(1 <= len(b) <= 4 for b in first) and sum(len(b) < 4 for b in first) <= 3
-    assert [[e.id for e in b] for b in first] == [[e.id for e in b] for b in again]  # seeded
-    assert [[e.id for e in b] for b in first] != [[e.id for e in b] for b in other]
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(0)).tolist()
-    drawn = [[examples[i] for i in order[s:s + 4]] for s in range(0, len(order), 4)]
-    assert padded(first) < 0.8 * padded(drawn)
