@@ -5,9 +5,11 @@ starts) and masked, which on two CPU cores is several times the throughput of on
 
 Greedy batches without stop strings (the gate's probes, the teacher's answers, the anchors) run
 through `greedy_rows`, which drops a row from the batch as soon as it has ended: transformers'
-`generate` computes every row until the last one ends, and a decoding step costs in proportion to
-its rows (two thirds of it is the linear layers). The gate's 230 probes end after 22 of their 32
-tokens on average; half reach the cap.
+`generate` computes every row until the last one ends. The gate's 230 probes end after 22 of their
+32 tokens on average (half reach the cap); two thirds of a step is the linear layers, whose cost
+grows with the rows once a batch is wide. Measured on two cores, the 230 probes' replies: 128 rows
+a batch 34.0 s against 42.9 with `generate`; 64 rows 44.7 against 45.3 (narrow steps cost about the
+same with fewer rows); 236 rows 37.3 against 38.0.
 """
 
 from __future__ import annotations
