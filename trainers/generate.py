@@ -67,7 +67,7 @@ def generate_chats(
     temps = list(temperature) if isinstance(temperature, (list, tuple)) else [temperature] * len(conversations)
     if len(temps) != len(conversations):
         raise ValueError(f"{len(temps)} temperatures for {len(conversations)} conversations")
-    done_ids = ({tokenizer.eos_token_id, tokenizer.pad_token_id} | _eos_ids(model)) - {None}
+    done_ids = end_token_ids(loaded)
     results: list[Generation] = []
     for index, start in enumerate(range(0, len(conversations), batch_size)):
         prompts = [
@@ -153,11 +153,15 @@ def greedy_rows(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, ma
     return new
 
 
-def _eos_ids(model) -> set[int]:
-    """The end-of-sequence tokens the model's generation config names (what `generate` stops at)."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+def end_token_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end a reply: the tokenizer's end of turn and padding token, and the eos ids of
+    the model's generation config (what `generate` stops at). dreamd's server ends replies on the
+    same set (daemon/serve/decoder.py), so both agree on where a reply ends."""
+    tokenizer = loaded.tokenizer
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return {int(i) for i in ids if i is not None}
 
 
 def _stopped(text: str, stop_strings: tuple[str, ...]) -> bool:

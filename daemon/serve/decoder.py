@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dreamd.trainers.generate import end_token_ids
 from dreamd.trainers.model_store import LoadedModel
 
 MIN_SHARED_PREFIX = 8  # tokens; a shorter common start is not worth a forward pass of its own
@@ -42,16 +43,6 @@ class Row:
     _prefix_offset: int = 0
     _read_offset: int = 0
     _generator: torch.Generator | None = None
-
-
-def end_token_ids(loaded: LoadedModel) -> set[int]:
-    """The tokens that end a reply: the tokenizer's end of turn and the model's own eos ids (and the
-    padding token, as trainers/generate.py counts it, so both agree on where a reply ends)."""
-    tokenizer = loaded.tokenizer
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
-    return {int(i) for i in ids if i is not None}
 
 
 @dataclass
