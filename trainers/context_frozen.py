@@ -214,9 +214,21 @@ def grouped_kv_attention(device: torch.device):
         os.environ.pop(GQA_FLAG, None)
 
 
-def loss_step(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
-    """The training loss of one batch: each example's mean response-token loss, averaged."""
-    return frozen_losses(model, examples, pad_id).mean()
+def weighted_mean(losses: torch.Tensor, examples: list[EncodedExample], soft_weight: float) -> torch.Tensor:
+    """A batch's loss from its examples' losses: an example with soft targets (an anchor's KL to the
+    base) counts `soft_weight` times, one with hard targets (a fact's cross-entropy) once. A KL near
+    zero pulls back weakly while the facts' cross-entropy pushes, so the anchors may need more weight."""
+    if soft_weight == 1.0:
+        return losses.mean()
+    weights = torch.tensor([soft_weight if e.soft is not None else 1.0 for e in examples], dtype=losses.dtype,
+                           device=losses.device)
+    return (losses * weights).mean()
+
+
+def loss_step(model, examples: list[EncodedExample], pad_id: int, soft_weight: float = 1.0) -> torch.Tensor:
+    """The training loss of one batch: each example's mean response-token loss, averaged (anchors
+    weighted by `soft_weight`)."""
+    return weighted_mean(frozen_losses(model, examples, pad_id), examples, soft_weight)
 
 
 def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
@@ -234,7 +246,9 @@ def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
     return _per_row_ce(logits[:, :-1], labels[:, 1:])[0]
 
 
-def completion_only_batch_loss(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
+def completion_only_batch_loss(model, examples: list[EncodedExample], pad_id: int,
+                               soft_weight: float = 1.0) -> torch.Tensor:
     """`loss_step`'s counterpart for plain fine-tuning: the mean of each example's completion-only
     loss, with gradient through the whole sequence (`pad_id` unused: one example per forward)."""
-    return torch.stack([completion_only_loss(model, example) for example in examples]).mean()
+    return weighted_mean(torch.stack([completion_only_loss(model, example) for example in examples]), examples,
+                         soft_weight)

@@ -48,12 +48,13 @@ class StepResult:
 
 
 def train_step(model, optimizer, batch: list[EncodedExample], pad_id: int, grad_clip: float,
-               loss_fn: Callable | None = None) -> StepResult:
+               loss_fn: Callable | None = None, soft_weight: float = 1.0) -> StepResult:
     """One optimizer step on one batch; a step whose loss or gradient is not finite is dropped
     (weights and optimizer state untouched) and logged. `loss_fn` defaults to the context-frozen step;
-    the memory-formation experiment's baseline passes plain completion-only backprop."""
+    the memory-formation experiment's baseline passes plain completion-only backprop. An anchor's
+    loss counts `soft_weight` times a fact's (TrainingSettings.anchor_weight)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = (loss_fn or loss_step)(model, batch, pad_id)
+    loss = (loss_fn or loss_step)(model, batch, pad_id, soft_weight=soft_weight)
     value = float(loss.detach())
     if not is_finite(value):
         log.warning("dropped a training step: loss is not finite", loss=value, examples=[e.id for e in batch])
@@ -98,7 +99,8 @@ class Trainer:
             order = torch.randperm(len(encoded), generator=self.generator).tolist()
             for start in range(0, len(order), size):
                 batch = [encoded[i] for i in order[start : start + size]]
-                result = train_step(self.model, self.optimizer, batch, pad_id, self.settings.grad_clip, self.loss_fn)
+                result = train_step(self.model, self.optimizer, batch, pad_id, self.settings.grad_clip, self.loss_fn,
+                                    self.settings.anchor_weight)
                 self.step += int(result.applied)
                 self.history.append(result)
                 if on_step:

@@ -81,7 +81,7 @@ class TrainingSettings:
         "tokens (the response is always kept whole).",
     )
     lora_learning_rate: float = setting(
-        5e-4, "Learning rate in lora mode (chosen by the memory-formation experiment: README, measured state)."
+        1e-3, "Learning rate in lora mode (chosen by the memory-formation experiment: README, measured state)."
     )
     full_learning_rate: float = setting(1e-5, "Learning rate in full mode.")
     lora_rank: int = setting(16, "Rank of the LoRA adapter (lora mode).")
@@ -109,6 +109,12 @@ class TrainingSettings:
     )
     weight_decay: float = setting(0.0, "Decoupled weight decay (as in AdamW).")
     grad_clip: float = setting(1.0, "Clip the global gradient norm to this; 0 turns clipping off.")
+    anchor_weight: float = setting(
+        4.0,
+        "Weight of an anchor example (the base's answers to a general prompt, learned as KL to the base) in a "
+        "batch's loss, against 1 for a fact's cross-entropy: above 1 holds general behaviour harder while facts "
+        "move (chosen with the learning rate by the memory-formation experiment).",
+    )
     batch_size: int = setting(4, "Training examples per optimizer step.")
     epochs: int = setting(2, "Passes over a round's examples.")
     seed: int = setting(0, "Seed of the example order and APOLLO's projections.")
@@ -132,6 +138,7 @@ class TrainingSettings:
                 "auto, float32 or bfloat16", self.apollo_projection_dtype)
         require(0 <= self.weight_decay < 1, "weight_decay", "between 0 and 1", self.weight_decay)
         require(self.grad_clip >= 0, "grad_clip", "0 (off) or positive", self.grad_clip)
+        require(0 < self.anchor_weight <= 100, "anchor_weight", "above 0, at most 100", self.anchor_weight)
         require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
         require(self.seed >= 0, "seed", "0 or more", self.seed)

@@ -22,11 +22,11 @@ from starlette.exceptions import HTTPException
 
 from dreamd.daemon.serve import protocol
 from dreamd.daemon.serve.chatlog import ChatLog, record
-from dreamd.daemon.serve.decoder import Row
 from dreamd.daemon.serve.engine import Engine, Job, Overloaded
 from dreamd.daemon.serve.protocol import ApiError, ChatRequest
 from dreamd.daemon.serve.settings import ServeSettings
 from dreamd.daemon.serve.versions import MODELS, Versions
+from dreamd.trainers.decoder import Row
 
 log = structlog.get_logger("dreamd.serve")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from dreamd.daemon.serve.decoder import Row, decode_batch
+from dreamd.trainers.decoder import Row, decode_batch
 
 log = structlog.get_logger("dreamd.serve")
 

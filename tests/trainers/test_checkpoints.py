@@ -117,9 +117,9 @@ def test_a_step_with_a_non_finite_loss_is_dropped_and_logged(tmp_path, monkeypat
     real = context_frozen.loss_step
     calls = []
 
-    def poisoned(model, batch, pad_id):
+    def poisoned(model, batch, pad_id, **weights):
         calls.append(1)
-        loss = real(model, batch, pad_id)
+        loss = real(model, batch, pad_id, **weights)
         return loss * float("nan") if len(calls) == 1 else loss
 
     monkeypatch.setattr(round_module, "loss_step", poisoned)

@@ -1,11 +1,15 @@
 """Token-by-token generation for a batch of chats, each row with its own settings and its own end.
 
-transformers' `generate` stops a batch as a whole and streams only one row, so the server steps
-the model itself: prompts left-padded (every prompt ends where generation starts) with position
-ids counted over the real tokens only, one KV cache for the batch, and after each step every row
-gets its token and its text delta. A row ends on its own (an end-of-turn token, a stop string, its
-token budget, its client gone); rows that ended are dropped from the batch and the cache, so a long
-reply does not make the short ones' finished rows cost compute.
+transformers' `generate` stops a batch as a whole, computes every row until the last one ends and
+streams only one row, so dreamd steps the model itself: prompts left-padded (every prompt ends
+where generation starts) with position ids counted over the real tokens only, one KV cache for
+the batch, and after each step every row gets its token and its text delta. A row ends on its own
+(an end-of-turn token, a stop string, its token budget, its caller gone); rows that ended are
+dropped from the batch and the cache, so a long reply does not make the short ones' finished rows
+cost compute. The prompts' common start (the chat template's system prompt) is run once.
+
+Two users: dreamd's OpenAI-compatible server (daemon/serve/engine.py), which admits requests into
+a running batch, and trainers/generate.py's greedy replies (the gate's probes, the anchors).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dreamd.trainers.generate import end_token_ids
 from dreamd.trainers.model_store import LoadedModel
 
 MIN_SHARED_PREFIX = 8  # tokens; a shorter common start is not worth a forward pass of its own
@@ -32,6 +35,7 @@ class Row:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    end_tokens: frozenset[int] = frozenset()  # tokens that end this row besides the model's own
     on_delta: Callable[[str], None] = lambda _text: None
     cancelled: Callable[[], bool] = lambda: False
     on_finish: Callable[[str], None] = lambda _finish: None
@@ -75,6 +79,17 @@ def decode_batch(loaded: LoadedModel, rows: list[Row], admit: Callable[[int], li
         if not batch.rows:
             return
         _step(loaded, batch, ends)
+
+
+def end_token_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end a reply: the tokenizer's end of turn and padding token, and the eos ids of
+    the model's generation config (what `generate` stops at), so every way dreamd generates agrees
+    on where a reply ends."""
+    tokenizer = loaded.tokenizer
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, (list, tuple)) else {configured}
+    return {int(i) for i in ids if i is not None}
 
 
 def _prefill(loaded: LoadedModel, rows: list[Row], ends: set[int]) -> _Batch:
@@ -142,7 +157,7 @@ def _take(loaded: LoadedModel, batch: _Batch, logits: torch.Tensor, ends: set[in
         token = chosen[slot]
         if row.cancelled():
             row.finish = "cancelled"
-        elif token in ends:
+        elif token in ends or token in row.end_tokens:
             row.finish = "stop"
         else:
             row.tokens.append(token)

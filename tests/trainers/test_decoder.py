@@ -1,10 +1,10 @@
-"""The server's batched, row-by-row decoder on the tiny model: rows end on their own, a seeded row
+"""dreamd's batched, row-by-row decoder on the tiny model: rows end on their own, a seeded row
 repeats whatever it is batched with, stop strings are cut even across tokens, and its greedy
-replies are what trainers/generate.py gives."""
+replies are what transformers' `generate` gives."""
 
 from __future__ import annotations
 
-from dreamd.daemon.serve.decoder import Row, decode_batch
+from dreamd.trainers.decoder import Row, decode_batch
 from dreamd.trainers.generate import generate_chats
 from tests.helpers.train import tiny_loaded
 
@@ -52,14 +52,47 @@ def test_a_stop_string_is_cut_even_when_it_spans_tokens():
     assert stop not in "".join(sent) and "".join(sent) == cut.text
 
 
-def test_greedy_replies_match_trainers_generate():
+def test_greedy_rows_that_end_leave_the_batch_and_the_others_continue_as_generate_would():
+    loaded = tiny_loaded()
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompts = ["hello there", "a", "what is it about?", "zz", "the longest prompt of all of these, by far"]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    reference = model.generate(**batch, max_new_tokens=12, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:].tolist()
+    # An end token some rows write early and others not at all, so rows leave at different steps.
+    firsts = [next((t for t in row[1:6] if t not in row[:1]), row[0]) for row in reference]
+    end = max(set(firsts), key=lambda t: (sum(t in row for row in reference) < len(reference), firsts.count(t)))
+    assert 0 < sum(end in row[:11] for row in reference) < len(reference)
+    model.generation_config.eos_token_id = end  # one of the tokens that end a reply (end_token_ids)
+    rows = [Row(tokenizer(p, add_special_tokens=False)["input_ids"], 12) for p in prompts]
+    decode_batch(loaded, rows)
+    expected = [row[: row.index(end)] if end in row else row for row in reference]
+    assert [r.tokens for r in rows] == expected
+    assert [r.finish for r in rows] == ["stop" if end in row else "length" for row in reference]
+    assert {r.finish for r in rows} == {"stop", "length"}
+
+
+def test_greedy_replies_match_transformers_generate():
     loaded = tiny_loaded(seed=3)
     chats = ["hi", "what is the zorb?", "tell me more about it, please"]
-    expected = generate_chats(loaded, [[{"role": "user", "content": c}] for c in chats], max_new_tokens=12)
+    # A stop string that never appears sends generate_chats through transformers' `generate`.
+    expected = generate_chats(loaded, [[{"role": "user", "content": c}] for c in chats], max_new_tokens=12,
+                              stop_strings=("<never written>",))
     rows = [Row(prompt(loaded, c), 12) for c in chats]
     decode_batch(loaded, rows)
     for row, generation in zip(rows, expected):
         assert row.text.strip() == generation.text and len(row.tokens) == generation.tokens
+
+
+def test_a_rows_own_end_tokens_end_it_like_the_models():
+    loaded = tiny_loaded()
+    free = Row(prompt(loaded, "hi"), 6)
+    decode_batch(loaded, [free])
+    ended = Row(prompt(loaded, "hi"), 6, end_tokens=frozenset({free.tokens[2]}))
+    decode_batch(loaded, [ended])
+    assert free.finish == "length" and ended.finish == "stop"
+    assert ended.tokens == free.tokens[: free.tokens.index(free.tokens[2])]
 
 
 def test_a_cancelled_row_stops_at_the_next_step():
