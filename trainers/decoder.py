@@ -9,7 +9,8 @@ dropped from the batch and the cache, so a long reply does not make the short on
 cost compute. The prompts' common start (the chat template's system prompt) is run once.
 
 Two users: dreamd's OpenAI-compatible server (daemon/serve/engine.py), which admits requests into
-a running batch, and trainers/generate.py's greedy replies (the gate's probes, the anchors).
+a running batch, and trainers/generate.py's greedy replies (the gate's probes, the anchors, the
+teacher's answers to dream questions).
 """
 
 from __future__ import annotations
