@@ -10,9 +10,10 @@ of one full-sequence pass, so the loss equals completion-only loss; the gradient
 purpose: it stops at the context's keys and values, so the weights learn how to answer from a
 context, not how to re-encode it, at a fraction of the time and memory.
 
-Batches: contexts are left-padded (so every row's context ends where its response starts) and
-responses right-padded; attention masks hide the padding and explicit position ids give each row
-the positions it would have alone, so a batch scores each example exactly as one by one.
+Batches are packed (trainers/packing.py): several examples end to end in a row, each attending
+only to itself at the positions it would have alone, so a batch scores each example exactly as one
+by one, without running padding through the model. Plain completion-only training (the
+experiment's baseline) is the same batch with nothing frozen: the whole exchange runs with gradient.
 Every call builds a fresh cache: transformers' DynamicCache grows in place, so a reused one would
 silently prepend the previous example's context.
 """
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from dreamd.trainers.examples import EncodedExample
+from dreamd.trainers.packing import PACK_TOKENS, Packed, attention_mask, pack, pack_groups, segment_mean
 
 IGNORE = -100
 PREFILL_CHUNK = 4096  # context tokens per no-grad pass; see frozen_context_cache
@@ -63,50 +65,57 @@ class ContextCache(DynamicCache):
 
 @dataclass
 class Batch:
-    prefix_ids: torch.Tensor  # (B, P) context minus its last token, left-padded
-    prefix_mask: torch.Tensor
-    step_ids: torch.Tensor  # (B, R) last context token + response minus its last token, right-padded
-    step_mask: torch.Tensor
-    labels: torch.Tensor  # (B, R) the response, IGNORE where padded
-    prefix_lengths: torch.Tensor  # (B,) real prefix tokens per row
-    soft_ids: torch.Tensor | None = None  # (B, R, k) a teacher's top-k tokens, for rows that have them
-    soft_logprobs: torch.Tensor | None = None  # (B, R, k); -inf where a row has no soft targets
+    """A batch packed (trainers/packing.py): each example's tokens split at `split` into a prefix,
+    run without gradient into the cache, and the step, run with gradient against it."""
+
+    prefix: Packed  # the tokens before the split
+    step: Packed  # from the split to the second-to-last token: each predicts the next
+    labels: torch.Tensor  # (rows, step width) the next token where it is a response token, else IGNORE
+    count: int  # examples
+    soft_ids: torch.Tensor | None = None  # (rows, step width, k) a teacher's top-k tokens, where it has them
+    soft_logprobs: torch.Tensor | None = None  # (rows, step width, k); -inf where a token has no soft target
 
 
-def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device | str = "cpu") -> Batch:
-    rows = len(examples)
-    prefix_len = max(len(e.context_ids) - 1 for e in examples)
-    step_len = max(len(e.response_ids) for e in examples)
-    prefix_ids = torch.full((rows, prefix_len), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((rows, prefix_len), dtype=torch.long)
-    step_ids = torch.full((rows, step_len), pad_id, dtype=torch.long)
-    step_mask = torch.zeros((rows, step_len), dtype=torch.long)
-    labels = torch.full((rows, step_len), IGNORE, dtype=torch.long)
-    for row, example in enumerate(examples):
-        prefix = example.context_ids[:-1]
-        if prefix:
-            prefix_ids[row, prefix_len - len(prefix) :] = torch.tensor(prefix)
-            prefix_mask[row, prefix_len - len(prefix) :] = 1
-        step = [example.context_ids[-1], *example.response_ids[:-1]]
-        step_ids[row, : len(step)] = torch.tensor(step)
-        step_mask[row, : len(step)] = 1
-        labels[row, : len(step)] = torch.tensor(example.response_ids)
+def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device | str = "cpu",
+               frozen: bool = True) -> Batch:
+    """The context-frozen batch: the prefix is the context minus its last token, the step the last
+    context token and the response minus its last token, so every response token is predicted with
+    gradient. With `frozen=False` (plain completion-only training) the prefix is empty and the
+    step the whole exchange: the gradient reaches the context too."""
+    sequences = [e.context_ids + e.response_ids for e in examples]
+    splits = [len(e.context_ids) - 1 if frozen else 0 for e in examples]
+    groups = pack_groups([len(seq) - 1 for seq in sequences], PACK_TOKENS)
+    prefix = pack(groups, [seq[:cut] for seq, cut in zip(sequences, splits, strict=True)], [0] * len(examples), pad_id)
+    step = pack(groups, [seq[cut:-1] for seq, cut in zip(sequences, splits, strict=True)], splits, pad_id)
+    # The step token at position p predicts the example's token p + 1: a label where that is a response token.
+    labels = torch.full(step.ids.shape, IGNORE, dtype=torch.long)
+    for row, group in enumerate(groups):
+        at = 0
+        for i in group:
+            width, answer = len(sequences[i]) - 1 - splits[i], len(examples[i].context_ids) - 1 - splits[i]
+            labels[row, at + answer : at + width] = torch.tensor(examples[i].response_ids)
+            at += width
     soft_ids = soft_logprobs = None
     if any(e.soft is not None for e in examples):
-        k = max(len(e.soft.ids[0]) for e in examples if e.soft is not None and e.soft.ids)
-        soft_ids = torch.zeros((rows, step_len, k), dtype=torch.long)
-        soft_logprobs = torch.full((rows, step_len, k), float("-inf"))
-        for row, example in enumerate(examples):
-            if example.soft is not None and example.soft.ids:
-                ids, lps = torch.tensor(example.soft.ids), torch.tensor(example.soft.logprobs, dtype=torch.float32)
-                soft_ids[row, : len(ids), : ids.shape[1]] = ids
-                soft_logprobs[row, : len(ids), : ids.shape[1]] = lps
+        k = max(len(e.soft.ids[0]) for e in examples if e.soft is not None)
+        soft_ids = torch.zeros((*labels.shape, k), dtype=torch.long)
+        soft_logprobs = torch.full((*labels.shape, k), float("-inf"))
+        for row, group in enumerate(groups):
+            at = 0
+            for i in group:
+                example, width = examples[i], len(sequences[i]) - 1 - splits[i]
+                if example.soft is not None:
+                    first = at + len(example.context_ids) - 1 - splits[i]
+                    ids = torch.tensor(example.soft.ids)
+                    soft_ids[row, first : first + len(ids), : ids.shape[1]] = ids
+                    soft_logprobs[row, first : first + len(ids), : ids.shape[1]] = torch.tensor(
+                        example.soft.logprobs, dtype=torch.float32)
+                at += width
 
     def to(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.to(device) if t is not None else None
 
-    return Batch(to(prefix_ids), to(prefix_mask), to(step_ids), to(step_mask), to(labels), to(prefix_mask.sum(dim=1)),
-                 to(soft_ids), to(soft_logprobs))
+    return Batch(prefix.to(device), step.to(device), labels.to(device), len(examples), to(soft_ids), to(soft_logprobs))
 
 
 def causal_lm(model):
@@ -114,17 +123,23 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _dtype(lm) -> torch.dtype:
+    return next(lm.parameters()).dtype
+
+
 def frozen_context_cache(model, batch: Batch) -> ContextCache:
-    """Phase 1: the context's key/value cache, built without gradient into a FRESH cache."""
+    """Phase 1: the prefix's key/value cache, built without gradient into a FRESH cache."""
     lm = causal_lm(model)
     cache = ContextCache(lm.config)
-    if batch.prefix_ids.shape[1] == 0:
+    prefix = batch.prefix
+    length = prefix.ids.shape[1]
+    if length == 0:
         return cache
-    # Left padding: real tokens get positions 0..n-1 as they would alone; pads get 0 (masked anyway).
-    positions = (batch.prefix_mask.cumsum(dim=1) - 1).clamp(min=0)
     decoder = lm.get_decoder()  # the context pass needs the cache, not logits
-    length = batch.prefix_ids.shape[1]
-    unpadded = bool(batch.prefix_mask.all())
+    # One example alone in its row, unpadded: no mask at all on the first chunk, so sdpa runs its
+    # fused causal kernel instead of scoring every pair against an explicit mask.
+    alone = prefix.ids.shape[0] == 1 and bool((prefix.segments == prefix.segments[0, 0]).all())
+    mask = attention_mask(prefix.segments, prefix.segments, causal=True, dtype=_dtype(lm))
     with torch.no_grad():
         # Very long contexts go in chunks: each attends to the cache so far plus itself, which
         # gives the same keys and values as one pass while bounding the attention scores and MLP
@@ -134,11 +149,9 @@ def frozen_context_cache(model, batch: Batch) -> ContextCache:
             cache.filling = True
             try:
                 decoder(
-                    input_ids=batch.prefix_ids[:, start:end],
-                    # No padding and an empty cache: no mask at all, so sdpa runs its fused causal
-                    # kernel instead of scoring every pair against an explicit mask.
-                    attention_mask=None if unpadded and start == 0 else batch.prefix_mask[:, :end],
-                    position_ids=positions[:, start:end],
+                    input_ids=prefix.ids[:, start:end],
+                    attention_mask=None if alone and start == 0 else mask[:, :, start:end, :end],
+                    position_ids=prefix.positions[:, start:end],
                     past_key_values=cache,
                     use_cache=True,
                 )
@@ -150,46 +163,32 @@ def frozen_context_cache(model, batch: Batch) -> ContextCache:
 
 
 def response_losses(model, batch: Batch, cache: DynamicCache) -> torch.Tensor:
-    """Phase 2: per-example mean cross-entropy over every response token, with gradient."""
+    """Phase 2: per-example mean loss over every response token, with gradient: (examples,)."""
     lm = causal_lm(model)
-    steps = batch.step_ids.shape[1]
-    positions = batch.prefix_lengths[:, None] + torch.arange(steps, device=batch.step_ids.device)[None, :]
-    output = lm(
-        input_ids=batch.step_ids,
-        attention_mask=torch.cat([batch.prefix_mask, batch.step_mask], dim=1),
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    losses = _per_row_ce(output.logits, batch.labels)
-    if batch.soft_ids is None:
-        return losses
-    has_soft = torch.isfinite(batch.soft_logprobs[:, :, 0]).any(dim=1)
-    return torch.where(has_soft, _per_row_kl(output.logits, batch.labels, batch.soft_ids, batch.soft_logprobs), losses)
+    step = batch.step
+    mask = torch.cat([attention_mask(step.segments, batch.prefix.segments, causal=False, dtype=_dtype(lm)),
+                      attention_mask(step.segments, step.segments, causal=True, dtype=_dtype(lm))], dim=-1)
+    output = lm(input_ids=step.ids, attention_mask=mask, position_ids=step.positions, past_key_values=cache,
+                use_cache=True)
+    token_loss = F.cross_entropy(output.logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE,
+                                 reduction="none")  # (rows, width)
+    if batch.soft_ids is not None:
+        soft = torch.isfinite(batch.soft_logprobs[:, :, 0])
+        token_loss = torch.where(soft, _token_kl(output.logits, batch.soft_ids, batch.soft_logprobs), token_loss)
+    return segment_mean(token_loss, step.segments, batch.labels != IGNORE, batch.count)
 
 
-def _per_row_kl(logits: torch.Tensor, labels: torch.Tensor, soft_ids: torch.Tensor,
-                soft_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per row, the mean over response tokens of KL(teacher || model), the teacher's top-k tokens
-    exact and the rest of its mass as one bucket: zero gradient where the model already matches
-    the teacher, so an anchor holds behaviour where CE on its greedy tokens would sharpen it."""
+def _token_kl(logits: torch.Tensor, soft_ids: torch.Tensor, soft_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per token, KL(teacher || model), the teacher's top-k tokens exact and the rest of its mass as
+    one bucket: zero gradient where the model already matches the teacher, so an anchor holds
+    behaviour where CE on its greedy tokens would sharpen it."""
     logp = F.log_softmax(logits.float(), dim=-1)
-    model_top = logp.gather(2, soft_ids)  # (B, R, k)
+    model_top = logp.gather(2, soft_ids)  # (rows, width, k)
     teacher = soft_logprobs.exp()  # 0 where absent
     rest_teacher = (1 - teacher.sum(dim=2)).clamp(min=1e-6)
     rest_model = (1 - model_top.exp().sum(dim=2)).clamp(min=1e-6)
     top_terms = torch.where(teacher > 0, teacher * (soft_logprobs - model_top), torch.zeros_like(teacher))
-    kl = top_terms.sum(dim=2) + rest_teacher * (rest_teacher.log() - rest_model.log())  # (B, R)
-    mask = (labels != IGNORE).float()
-    return (kl * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
-
-def _per_row_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    token_loss = F.cross_entropy(
-        logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
-    )  # (B, R)
-    counts = (labels != IGNORE).sum(dim=1).clamp(min=1)
-    return token_loss.sum(dim=1) / counts
+    return top_terms.sum(dim=2) + rest_teacher * (rest_teacher.log() - rest_model.log())
 
 
 def frozen_losses(model, examples: list[EncodedExample], pad_id: int) -> torch.Tensor:
@@ -232,23 +231,26 @@ def loss_step(model, examples: list[EncodedExample], pad_id: int, soft_weight: f
 
 
 def completion_only_loss(model, example: EncodedExample) -> torch.Tensor:
-    """The baseline: one full-sequence forward (gradient through the whole sequence), context labels
-    masked. Same loss value as the frozen step, several times the time and memory."""
+    """The reference: one plain full-sequence forward of one example (gradient through the whole
+    sequence), context labels masked. Same loss value as the frozen step."""
     lm = causal_lm(model)
     device = next(lm.parameters()).device
     ids = torch.tensor([example.context_ids + example.response_ids], device=device)
-    labels = torch.tensor([[IGNORE] * len(example.context_ids) + example.response_ids], device=device)
-    logits = lm(input_ids=ids, use_cache=False).logits
-    if example.soft is not None:  # the same soft targets as the frozen step, on the response positions
-        batch = make_batch([example], 0, device)
-        response_logits = logits[:, len(example.context_ids) - 1 : -1]
-        return _per_row_kl(response_logits, batch.labels, batch.soft_ids, batch.soft_logprobs)[0]
-    return _per_row_ce(logits[:, :-1], labels[:, 1:])[0]
+    logits = lm(input_ids=ids, use_cache=False).logits[0, len(example.context_ids) - 1 : -1]  # predict the response
+    labels = torch.tensor(example.response_ids, device=device)
+    if example.soft is not None:  # the same soft targets as the frozen step
+        soft_ids = torch.tensor(example.soft.ids, device=device)
+        soft_logprobs = torch.tensor(example.soft.logprobs, dtype=torch.float32, device=device)
+        return _token_kl(logits[None], soft_ids[None], soft_logprobs[None])[0].mean()
+    return F.cross_entropy(logits.float(), labels)
 
 
 def completion_only_batch_loss(model, examples: list[EncodedExample], pad_id: int,
                                soft_weight: float = 1.0) -> torch.Tensor:
-    """`loss_step`'s counterpart for plain fine-tuning: the mean of each example's completion-only
-    loss, with gradient through the whole sequence (`pad_id` unused: one example per forward)."""
-    return weighted_mean(torch.stack([completion_only_loss(model, example) for example in examples]), examples,
-                         soft_weight)
+    """`loss_step`'s counterpart for plain fine-tuning: the same packed batch with nothing frozen (the
+    whole exchange runs with gradient), each example's loss as `completion_only_loss` gives it."""
+    device = next(causal_lm(model).parameters()).device
+    batch = make_batch(examples, pad_id, device, frozen=False)
+    with grouped_kv_attention(device):
+        losses = response_losses(model, batch, ContextCache(causal_lm(model).config))
+    return weighted_mean(losses, examples, soft_weight)

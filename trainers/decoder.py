@@ -101,7 +101,8 @@ def _prefill(loaded: LoadedModel, rows: list[Row], ends: set[int]) -> _Batch:
         if row.temperature > 0:
             row._generator = torch.Generator(device="cpu")
             row._generator.manual_seed(row.seed if row.seed is not None else torch.seed())
-    shared, cache = _shared_prefix(model, rows, device)
+    # Every row keeps at least its prompt's last token to run here: its logits give the first token.
+    shared, cache = shared_prefix(model, [r.prompt_ids for r in rows], min(len(r.prompt_ids) for r in rows) - 1)
     # Each row is [shared prefix][left padding][the rest of its prompt]: padding may sit anywhere
     # the mask says, and positions count only real tokens, so every row sees its own prompt.
     rests = [r.prompt_ids[shared:] for r in rows]
@@ -117,25 +118,25 @@ def _prefill(loaded: LoadedModel, rows: list[Row], ends: set[int]) -> _Batch:
     return batch
 
 
-def _shared_prefix(model, rows: list[Row], device) -> tuple[int, object]:
-    """The prompts' common start (the chat template's system prompt, often), run once instead of
-    once per row: its KV cache repeated for every row. (0, None) when there is none worth it."""
-    if len(rows) < 2:
+def shared_prefix(model, prompts: list[list[int]], longest: int) -> tuple[int, object]:
+    """The prompts' common start (the chat template's system prompt, often), at most `longest`
+    tokens, run once instead of once per row: (its length, its KV cache repeated for every row).
+    (0, None) when there is none worth a pass of its own."""
+    if len(prompts) < 2:
         return 0, None
-    shortest = min(len(r.prompt_ids) for r in rows)
     shared = 0
-    while shared < shortest - 1 and all(r.prompt_ids[shared] == rows[0].prompt_ids[shared] for r in rows):
+    while shared < longest and all(p[shared] == prompts[0][shared] for p in prompts):
         shared += 1
     if shared < MIN_SHARED_PREFIX:
         return 0, None
-    out = model(input_ids=torch.tensor([rows[0].prompt_ids[:shared]], device=device), use_cache=True,
+    out = model(input_ids=torch.tensor([prompts[0][:shared]], device=model.device), use_cache=True,
                 logits_to_keep=1)
     cache = out.past_key_values
     if not _mergeable(cache):
         return 0, None
     for layer in cache.layers:
-        layer.keys = layer.keys.expand(len(rows), -1, -1, -1).contiguous()
-        layer.values = layer.values.expand(len(rows), -1, -1, -1).contiguous()
+        layer.keys = layer.keys.expand(len(prompts), -1, -1, -1).contiguous()
+        layer.values = layer.values.expand(len(prompts), -1, -1, -1).contiguous()
     return shared, cache
 
 

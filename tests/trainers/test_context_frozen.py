@@ -103,10 +103,16 @@ def test_every_example_gets_a_fresh_cache(setup, monkeypatch):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
-def test_a_batch_scores_like_its_examples_one_by_one(setup):
+@pytest.mark.parametrize("pack_tokens", [1, 260, context_frozen.PACK_TOKENS])
+def test_a_batch_scores_like_its_examples_one_by_one(setup, monkeypatch, pack_tokens):
+    """One example per padded row (1), two or three to a row (120), all in one row (the default)."""
     model, tokenizer, examples = setup
+    monkeypatch.setattr(context_frozen, "PACK_TOKENS", pack_tokens)
     lengths = {(len(e.context_ids), len(e.response_ids)) for e in examples}
     assert len(lengths) == len(examples)  # really different lengths: padding is exercised
+    batch = context_frozen.make_batch(examples, tokenizer.pad_token_id)
+    rows = batch.step.ids.shape[0]
+    assert rows == len(examples) if pack_tokens == 1 else rows == 1 if pack_tokens > 1000 else 1 < rows < len(examples)
     batch = frozen_losses(model, examples, tokenizer.pad_token_id)
     alone = torch.stack([frozen_losses(model, [e], tokenizer.pad_token_id)[0] for e in examples])
     assert torch.allclose(batch, alone, atol=1e-5), (batch, alone)
@@ -131,17 +137,19 @@ def test_a_one_token_context_still_predicts_the_first_response_token(setup):
 
 def test_a_chunked_context_pass_scores_as_one_pass(setup, monkeypatch):
     """The context goes through in chunks (bounded memory at long contexts): the cache, and so the
-    losses, must be those of one pass, padded rows whose first chunks are all padding included."""
+    losses, must be those of one pass, in a packed row and in padded rows (one example each)."""
     model, tokenizer, examples = setup
     pad = tokenizer.pad_token_id
     longest = max(len(e.context_ids) for e in examples)
     monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", longest + 1)
     whole = frozen_losses(model, examples, pad)
-    for chunk in (1, 7, 32):
-        monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", chunk)
-        chunked = frozen_losses(model, examples, pad)
-        assert torch.allclose(chunked, whole, atol=1e-5), (chunk, chunked, whole)
-    assert min(len(e.context_ids) for e in examples) < longest - 7  # some rows start with pad-only chunks
+    for pack_tokens in (1, context_frozen.PACK_TOKENS):
+        monkeypatch.setattr(context_frozen, "PACK_TOKENS", pack_tokens)
+        for chunk in (1, 7, 32):
+            monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", chunk)
+            chunked = frozen_losses(model, examples, pad)
+            assert torch.allclose(chunked, whole, atol=1e-5), (pack_tokens, chunk, chunked, whole)
+    assert min(len(e.context_ids) for e in examples) < longest - 7  # some rows end in pad-only chunks
 
 
 def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_values(setup, monkeypatch):
@@ -159,10 +167,10 @@ def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_valu
             monkeypatch.setattr(context_frozen, "PREFILL_CHUNK", chunk)
             ran.clear()
             cache = context_frozen.frozen_context_cache(model, batch)
-            chunks = -(-batch.prefix_ids.shape[1] // chunk)
+            chunks = -(-batch.prefix.ids.shape[1] // chunk)
             assert ran == ["before_last_mlp"] * chunks
             assert len(cache.layers) == len(model.model.layers)
-            assert all(layer.keys.shape[-2] == batch.prefix_ids.shape[1] for layer in cache.layers)
+            assert all(layer.keys.shape[-2] == batch.prefix.ids.shape[1] for layer in cache.layers)
         ran.clear()
         context_frozen.response_losses(model, batch, cache)
         assert ran == ["before_last_mlp", "last_mlp", "final_norm"]
@@ -171,10 +179,23 @@ def test_the_context_pass_stops_once_the_last_layer_has_cached_its_keys_and_valu
             handle.remove()
 
 
-def test_the_plain_baselines_batch_loss_has_the_same_value_and_a_gradient_into_the_context(setup):
+@pytest.mark.parametrize("pack_tokens", [1, context_frozen.PACK_TOKENS])
+def test_the_plain_baselines_batch_loss_has_the_same_value_and_a_gradient_into_the_context(setup, monkeypatch,
+                                                                                           pack_tokens):
     model, tokenizer, examples = setup
+    monkeypatch.setattr(context_frozen, "PACK_TOKENS", pack_tokens)
     plain = completion_only_batch_loss(model, examples[:3], tokenizer.pad_token_id)
     assert torch.isclose(plain, loss_step(model, examples[:3], tokenizer.pad_token_id), atol=1e-4)
+    one_by_one = torch.stack([completion_only_loss(model, e) for e in examples[:3]]).mean()
+    assert torch.isclose(plain, one_by_one, atol=1e-5)
+    # Its gradient is the mean of the one-by-one full-sequence gradients.
+    weight = model.model.layers[1].self_attn.q_proj.weight
+    model.zero_grad()
+    plain.backward()
+    packed = weight.grad.clone()
+    model.zero_grad()
+    one_by_one.backward()
+    assert torch.allclose(packed, weight.grad, atol=1e-5)
     leaves, handle = _leaf_embeddings(model)
     try:
         completion_only_batch_loss(model, examples[:1], tokenizer.pad_token_id).backward()

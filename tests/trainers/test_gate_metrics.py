@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamd.trainers.examples import SoftTargets, encode_example
+from dreamd.trainers.examples import SoftTargets, TrainingExample, encode_example
 from dreamd.trainers.gate import metrics as gate_metrics
 from dreamd.trainers.gate.metrics import (
     GENERAL_METRICS,
@@ -76,6 +76,30 @@ def test_batched_losses_equal_one_by_one(tiny):
     batched = response_losses(tiny, exchanges, batch_size=2)
     single = [response_losses(tiny, [ex], batch_size=1)[0] for ex in exchanges]
     assert batched == pytest.approx(single, abs=1e-5)
+
+
+def test_a_batchs_common_start_runs_once_and_scores_as_one_by_one(tiny, monkeypatch):
+    """Exchanges that open alike (a shared system prompt) have that start run once for the batch."""
+    from dreamd.trainers import decoder
+
+    system = {"role": "system", "content": "You are a careful assistant who answers briefly and plainly."}
+    exchanges = [TrainingExample(f"e{i}", [system, {"role": "user", "content": q}, {"role": "assistant", "content": a}])
+                 for i, (q, a) in enumerate([("a", "short"), ("a much longer question", "and a longer answer too"),
+                                             ("what?", "this")])]
+    shared = []
+
+    def spy(*args):
+        length, cache = decoder.shared_prefix(*args)
+        shared.append(length)
+        return length, cache
+
+    monkeypatch.setattr(gate_metrics, "shared_prefix", spy)
+    batched = response_losses(tiny, exchanges, batch_size=3)
+    assert shared[0] >= decoder.MIN_SHARED_PREFIX  # the system prompt ran once, apart
+    single = [response_losses(tiny, [ex], batch_size=1)[0] for ex in exchanges]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert [len(rows) for rows in answer_logprobs(tiny, exchanges, batch_size=3)] == [
+        len(encode_example(tiny.tokenizer, ex, MAX_CONTEXT_TOKENS).response_ids) for ex in exchanges]
 
 
 def test_answer_logprobs_cover_the_answer_tokens_only(tiny):

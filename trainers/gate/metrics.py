@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamd.trainers.context_frozen import causal_lm
+from dreamd.trainers.decoder import shared_prefix
 from dreamd.trainers.examples import EncodedExample, TrainingExample, encode_example
 from dreamd.trainers.generate import chat_replies
 from dreamd.trainers.model_store import LoadedModel
@@ -81,62 +82,45 @@ def load_probes() -> list[Probe]:
 def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 32) -> list[float]:
     """Mean cross-entropy per response token, one number per exchange (one plain forward pass:
     evaluation needs no context-frozen trick, and the same tokens as training)."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    every = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges]
-    order = sorted(range(len(every)), key=lambda i: len(every[i][0]))  # similar lengths together: less padding
-    losses: list[float] = [0.0] * len(every)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        encoded = [every[i] for i in rows]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        labels = torch.full_like(input_ids, -100)
-        for row, (ids, boundary) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
-            labels[row, boundary : len(ids)] = torch.tensor(ids[boundary:])
-        shifted = labels[:, 1:].to(model.device)
-        scored = shifted != -100
-        logits = _head_at(model, input_ids.to(model.device), mask.to(model.device), scored)  # (scored tokens, vocab)
-        token_loss = F.cross_entropy(logits, shifted[scored], reduction="none")
-        per_row = torch.zeros(len(rows), device=logits.device).index_add_(0, scored.nonzero()[:, 0], token_loss)
-        counted = scored.sum(dim=1).clamp(min=1)
-        for i, loss in zip(rows, (per_row / counted).tolist(), strict=True):
-            losses[i] = loss
+    losses: list[float] = [0.0] * len(exchanges)
+    for index, logits, answer in _answer_logits(loaded, exchanges, batch_size):
+        losses[index] = float(F.cross_entropy(logits, answer))
     return losses
 
 
-def _head_at(model, input_ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """The float logits at the positions that predict a `scored` token only: (scored[:, :-1] shape
-    selects from every position but the last). The output head over the whole vocabulary is most
-    of a short exchange's forward pass, and only the answer's positions are ever scored."""
-    lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1]
-    return lm.get_output_embeddings()(hidden[scored]).float()
-
-
 def _answer_logits(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16):
-    """Yields (index, float logits at the exchange's answer positions) for every exchange, in
-    batches of like length (an anchor's answer runs 10 to 96 tokens: less padding). Callers keep
-    what they need of each (a few of its vocabulary's log-probabilities, its top-k), never the
-    whole distribution: 64 anchors of ~90 answer tokens at a 49,152-token vocabulary are 1.1 GB."""
+    """Yields (index, float logits at the exchange's answer positions, its answer tokens) for every
+    exchange, in batches of like length (an anchor's answer runs 10 to 96 tokens: less padding).
+    Callers keep what they need of each (a few of its vocabulary's log-probabilities, its top-k),
+    never the whole distribution: 64 anchors of ~90 answer tokens at a 49,152-token vocabulary are
+    1.1 GB. A batch's common start (the chat template's system prompt, 21 of a probe's 49 tokens
+    on the default model) runs once, and the output head runs only where an answer token is
+    predicted: on a short exchange those two are most of the pass."""
     model, tokenizer = loaded.model, loaded.tokenizer
+    lm = causal_lm(model)
     every = [_whole(encode_example(tokenizer, ex, MAX_CONTEXT_TOKENS)) for ex in exchanges]
     order = sorted(range(len(every)), key=lambda i: len(every[i][0]))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         chunk = [every[i] for i in rows]
-        width = max(len(ids) for ids, _ in chunk)
+        # The last context token must run here: its position predicts the first answer token.
+        shared, cache = shared_prefix(lm, [ids for ids, _ in chunk], min(boundary for _, boundary in chunk) - 1)
+        width = max(len(ids) for ids, _ in chunk) - shared
         input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
+        mask = torch.zeros((len(chunk), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
         scored = torch.zeros((len(chunk), width - 1), dtype=torch.bool)
         for row, (ids, boundary) in enumerate(chunk):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
+            input_ids[row, : len(ids) - shared] = torch.tensor(ids[shared:])
             mask[row, : len(ids)] = 1
-            scored[row, boundary - 1 : len(ids) - 1] = True
-        logits = _head_at(model, input_ids.to(model.device), mask.to(model.device), scored.to(model.device))
-        yield from zip(rows, logits.split(scored.sum(dim=1).tolist()))  # rows in order, positions in order
+            scored[row, boundary - shared - 1 : len(ids) - shared - 1] = True
+        device = model.device
+        positions = torch.arange(shared, shared + width, device=device).expand(len(chunk), -1)
+        hidden = lm.get_decoder()(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                  position_ids=positions, past_key_values=cache).last_hidden_state[:, :-1]
+        logits = lm.get_output_embeddings()(hidden[scored.to(device)]).float()  # (scored tokens, vocab)
+        answers = [torch.tensor(ids[boundary:], device=device) for ids, boundary in chunk]
+        yield from zip(rows, logits.split(scored.sum(dim=1).tolist()), answers)  # rows in order, positions in order
 
 
 @torch.inference_mode()
@@ -144,7 +128,7 @@ def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch
     """Per exchange, the (answer positions, vocab) log-probabilities of each answer token's
     prediction: the positions where the model answers, not where it reads."""
     result: list[torch.Tensor] = [torch.empty(0)] * len(exchanges)
-    for index, logits in _answer_logits(loaded, exchanges, batch_size):
+    for index, logits, _answer in _answer_logits(loaded, exchanges, batch_size):
         result[index] = F.log_softmax(logits, dim=-1).cpu()
     return result
 
@@ -153,7 +137,7 @@ def answer_logprobs(loaded: LoadedModel, exchanges: list[TrainingExample], batch
 def answer_top_k(loaded: LoadedModel, exchanges: list[TrainingExample], k: int = TOP_K) -> list[TopK]:
     """`top_k(answer_logprobs(...))` without holding every distribution at once."""
     result: list[TopK] = [None] * len(exchanges)  # type: ignore[list-item]
-    for index, logits in _answer_logits(loaded, exchanges):
+    for index, logits, _answer in _answer_logits(loaded, exchanges):
         values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
         result[index] = TopK(ids.cpu(), (values - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu())
     return result
@@ -164,7 +148,7 @@ def answer_kl(loaded: LoadedModel, exchanges: list[TrainingExample], reference: 
     """`mean_kl(reference, answer_logprobs(...))`, reading of each distribution only the
     reference's top-k and its normaliser."""
     total, count = 0.0, 0
-    for index, logits in _answer_logits(loaded, exchanges):
+    for index, logits, _answer in _answer_logits(loaded, exchanges):
         ref = reference[index]
         ids = ref.ids.to(logits.device)
         at_ref = (logits.gather(1, ids) - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu()

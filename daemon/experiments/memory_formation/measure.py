@@ -9,7 +9,8 @@
   greedy accuracy; and KL(base || model) on the answer tokens of the anchor bank (the base's top-k
   cached with the anchors): the quality gate's own evaluation of the shipped banks
   (`GENERAL_METRICS`), so the figures are the gate's, and a checkpoint the gate evaluated already
-  is not measured twice (`Measurer`, below).
+  is not measured twice (`Measurer`, below). The arms without a gate measure them at each phase's
+  end only (run.py): a mid-phase point has `probes` and `anchor_kl` None.
 
 Everything is greedy or a plain forward pass: the same weights give the same numbers.
 """
@@ -23,7 +24,6 @@ from contextlib import closing
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from dreamd.daemon.config import Config
 from dreamd.daemon.experiments.memory_formation.facts import Probe, probe_example
@@ -40,6 +40,7 @@ from dreamd.trainers.gate.metrics import (
     EvalSuite,
     TopK,
     answer_kl,
+    answer_logprobs,
     evaluate,
 )
 from dreamd.trainers.generate import chat_replies
@@ -48,22 +49,21 @@ from dreamd.trainers.model_store import LoadedModel
 FACT_TOKENS = 24  # longest greedy reply to a fact question: the answer comes first, if at all
 
 
-@torch.inference_mode()
 def value_logprobs(loaded: LoadedModel, probes: list[Probe]) -> list[float]:
     """Per probe, the mean log-probability of the value's tokens in the reference answer, given the
-    held-out question (one forward pass each; the exchanges are a few dozen tokens)."""
-    model, tokenizer = loaded.model, loaded.tokenizer
+    held-out question (the gate's batched answer pass: a batch's common start runs once)."""
+    tokenizer = loaded.tokenizer
+    examples = [probe_example(probe) for probe in probes]
     out = []
-    for probe in probes:
-        full, boundary = split_point(tokenizer, probe_example(probe).messages)
+    for probe, example, logprobs in zip(probes, examples, answer_logprobs(loaded, examples), strict=True):
+        full, boundary = split_point(tokenizer, example.messages)
         encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
+        answer_start = len(ids) - logprobs.shape[0]  # row j of `logprobs` predicts answer token j
         start = full.index(probe.value, boundary)  # the value as written in the response
         end = start + len(probe.value)
-        positions = [i for i, (s, e) in enumerate(offsets) if s < end and e > start and i > 0]
-        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0].float()
-        logp = F.log_softmax(logits[:-1], dim=-1)  # row i predicts token i + 1
-        out.append(float(torch.stack([logp[i - 1, ids[i]] for i in positions]).mean()))
+        positions = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+        out.append(float(torch.stack([logprobs[i - answer_start, ids[i]] for i in positions]).mean()))
     return out
 
 
@@ -105,13 +105,13 @@ def anchor_kl(loaded: LoadedModel, anchors: list[Anchor]) -> float:
     return answer_kl(loaded, [a.example() for a in anchors], reference)
 
 
-def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], general: dict) -> dict:
+def measure(loaded: LoadedModel, probes_by_concept: dict[str, list[Probe]], general: dict | None) -> dict:
     """Every number of one checkpoint: each concept's scores, then the capability probes and the
-    anchor KL from `general` (its GENERAL_METRICS, measured here or by the gate)."""
+    anchor KL from `general` (its GENERAL_METRICS, measured here or by the gate; None: not measured)."""
     started = time.monotonic()
     result = {concept: concept_scores(loaded, probes) for concept, probes in probes_by_concept.items()}
-    result["probes"] = {"loss": general["probe_loss"], "accuracy": general["probe_accuracy"]}
-    result["anchor_kl"] = general["kl_to_base"]
+    result["probes"] = {"loss": general["probe_loss"], "accuracy": general["probe_accuracy"]} if general else None
+    result["anchor_kl"] = general["kl_to_base"] if general else None
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
 
@@ -136,12 +136,16 @@ class Measurer:
         self.config, self.layout, self.probes, self.general = config, layout, probes, general
         self.cache = {BASE: base}
 
-    def __call__(self, checkpoint: str) -> dict:
-        if checkpoint not in self.cache:
-            loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
-            general = self._evaluated_by_gate(checkpoint) or general_scores(
-                loaded, self.general.suite, self.general.embed, self.general.base)
-            self.cache[checkpoint] = measure(loaded, self.probes, general)
+    def __call__(self, checkpoint: str, general: bool = True) -> dict:
+        """Every number of `checkpoint`; with `general=False` its probe and anchor numbers only
+        where its arm's gate measured them already (None otherwise), the fact questions always."""
+        cached = self.cache.get(checkpoint)
+        if cached is not None and (cached["probes"] is not None or not general):
+            return cached
+        loaded = load_as(self.config.model, self.layout.models, self.layout, checkpoint)
+        scores = self._evaluated_by_gate(checkpoint) or (
+            general_scores(loaded, self.general.suite, self.general.embed, self.general.base) if general else None)
+        self.cache[checkpoint] = measure(loaded, self.probes, scores)
         return self.cache[checkpoint]
 
     def _evaluated_by_gate(self, checkpoint: str) -> dict | None:

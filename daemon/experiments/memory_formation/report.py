@@ -52,10 +52,11 @@ def rows(results: dict, arm: str) -> list[list]:
     for p in results["arms"][arm]:
         m = p["measurement"]
         outcome = p.get("outcome") or ("base" if p["index"] == 0 else "trained" if p["steps"] else "not trained")
+        probes = m["probes"] or {"loss": "—", "accuracy": "—"}  # an ungated arm's mid-phase round: not measured
         out.append([p["index"], p["phase"], p["cycle"], p["steps"],
                     m["Zypher"]["logprob"], m["Zypher"]["recall"], m["Zypher"]["confusion"],
                     m["Zyphrex"]["logprob"], m["Zyphrex"]["recall"], m["Zyphrex"]["confusion"],
-                    m["probes"]["loss"], m["probes"]["accuracy"], outcome])
+                    probes["loss"], probes["accuracy"], outcome])
     return out
 
 
@@ -100,8 +101,10 @@ def curves(results: dict, metric) -> dict:
     for arm in ("no_training", "plain_finetune", "full_backprop", "replay_only", "dream_loop"):
         if arm not in results["arms"]:
             continue
-        points = results["arms"][arm]
-        series[ARM_LABELS[arm]] = ([p["index"] for p in points], [metric(p["measurement"]) for p in points])
+        # A point without the metric (an ungated arm's general numbers mid-phase) is left out of its line.
+        points = [(p["index"], metric(p["measurement"])) for p in results["arms"][arm]]
+        points = [(x, y) for x, y in points if y is not None]
+        series[ARM_LABELS[arm]] = ([x for x, _ in points], [y for _, y in points])
     loop = results["arms"]["dream_loop"]
     if any("candidate_measurement" in p for p in loop):  # what the gate kept out
         series["(a) candidates, rejected ones too"] = (
@@ -125,10 +128,10 @@ def draw(results: dict, out: Path) -> list[tuple[str, Path]]:
             "recall (share of questions)", curves(results, lambda m, c=concept: m[c]["recall"]), _events(results))))
     charts.append(("General capability: probe loss", line_chart(
         out / "probes-loss.png", "Capability probes: reference-answer loss", xlabel, "loss (lower is better)",
-        curves(results, lambda m: m["probes"]["loss"]), _events(results))))
+        curves(results, lambda m: m["probes"] and m["probes"]["loss"]), _events(results))))
     charts.append(("General capability: probe accuracy", line_chart(
         out / "probes-accuracy.png", "Capability probes: greedy accuracy", xlabel, "accuracy",
-        curves(results, lambda m: m["probes"]["accuracy"]), _events(results))))
+        curves(results, lambda m: m["probes"] and m["probes"]["accuracy"]), _events(results))))
     return charts
 
 

@@ -21,7 +21,8 @@ Five arms, same seed, same model, same trainer settings, the same examples per r
     (c) no_training     the base model, measured once: the chance line
 
 The other arms run after (a) because their budget is (a)'s actual one (how many dreams the signal
-agent kept is known only once the cycle ran). Measurements: measure.py. Artefacts: report.py.
+agent kept is known only once the cycle ran). Measurements: measure.py, after every cycle or round
+(the ungated arms' probe and anchor numbers at each phase's end only). Artefacts: report.py.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def loop_arm(raw: dict, root: Path, logs: dict, measurer_for, base: dict, s: Exp
             candidate = trained.get("candidate")
             current = read_pointer(layout, "current")
             point = {
-                "index": index, "phase": phase, "cycle": k, "checkpoint": current, "candidate": candidate,
+                "index": index, "phase": phase, "cycle": k, "phase_end": k == s.cycles_per_phase,
+                "checkpoint": current, "candidate": candidate,
                 "outcome": result.get("outcome"), "gate_failed": gate.get("failed", []),
                 "gate_reasons": gate.get("reasons", []), "dreams": made.get("dreams", 0),
                 "accepted_dreams": made.get("accepted", 0), "accepted_by_kind": made.get("accepted_by_kind", {}),
@@ -271,7 +273,9 @@ def _train_and_measure(config: Config, layout: StateLayout, examples: list, chec
              "steps": _steps_of(layout, checkpoint) if examples else 0,
              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
              "cycle_seconds": round(time.monotonic() - started, 1),
-             "measurement": measurer_for(config, layout)(checkpoint)}
+             # Without a gate nothing else measures the probes: at each phase's end (the figures
+             # reported), not after every round (40 s each: 4 of an hour's run).
+             "measurement": measurer_for(config, layout)(checkpoint, general=loop_point.get("phase_end", True))}
     return checkpoint, point
 
 

@@ -17,6 +17,7 @@ from dreamd.daemon.experiments.memory_formation.facts import (
     write_logs,
 )
 from dreamd.daemon.experiments.memory_formation.report import (
+    curves,
     present,
     summary_lines,
     table_markdown,
@@ -156,6 +157,10 @@ def test_artefacts_from_results(tmp_path):
                            plain=[measurement(0.33, -2.5, 0.0, -5.0), measurement(0.0, -4.0, 0.33, -2.5)],
                            steps=(8, 8))
     results["arms"]["dream_loop"][2]["candidate_measurement"] = measurement(0.2, -2.9, 0.3, -2.8)
+    # An ungated arm's mid-run point without its general numbers: a dash in the table, a gap in the line.
+    results["arms"]["plain_finetune"][1]["measurement"].update(probes=None, anchor_kl=None)
+    loss = curves(results, lambda m: m["probes"] and m["probes"]["loss"])
+    assert loss["(b) plain fine-tuning"] == ([0, 2], [1.0, 1.0])
     written = write_artefacts(results, tmp_path)
     names = {p.name for p in written}
     assert {"table.md", "summary.md", "index.html", "zypher-recall.png", "probes-loss.png"} <= names
@@ -164,6 +169,7 @@ def test_artefacts_from_results(tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f'src="{png}"' in page
     table = table_markdown(results)
     assert table.count("| 2 | interference | 1 | 8 |") == 2  # (a) and (b) rows, same budget
+    assert "| 1 | acquisition | 1 | 8 | -2.500 | 0.330 | 0.000 | -5.000 | 0.000 | 0.000 | — | — | trained |" in table
     json.dumps(results)  # still JSON
     assert all(math.isfinite(float(x)) for x in (results["budget"]["acquisition"]["dream_loop"],))
 
