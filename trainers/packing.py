@@ -71,12 +71,14 @@ def pack(groups: list[list[int]], parts: list[list[int]], starts: list[int], pad
     return Packed(ids, positions, segments)
 
 
-def attention_mask(queries: torch.Tensor, keys: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
-    """The additive 4D mask (rows, 1, queries, keys): 0 where a query may attend to a key of the same
-    segment (an earlier or the same token, when `causal`), the dtype's minimum elsewhere."""
+def attention_mask(queries: torch.Tensor, keys: torch.Tensor, causal: bool, dtype: torch.dtype,
+                   offset: int = 0) -> torch.Tensor:
+    """The additive 4D mask (rows, 1, queries, keys) from the queries' and keys' segments: 0 where a
+    query may attend to a key of the same segment (when `causal`, a key no later than the query,
+    the queries being the keys from index `offset` on), the dtype's minimum elsewhere."""
     allowed = queries[:, :, None] == keys[:, None, :]
     if causal:
-        allowed &= torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool, device=queries.device).tril()
+        allowed &= torch.ones(queries.shape[1], keys.shape[1], dtype=torch.bool, device=queries.device).tril(offset)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=queries.device)
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 

@@ -35,3 +35,13 @@ def test_segment_mean_averages_each_examples_counted_tokens():
     segments = torch.tensor([[0, 0, 1, PADDING]])
     counted = torch.tensor([[True, True, True, False]])
     assert segment_mean(values, segments, counted, count=3).tolist() == [2.0, 10.0, 0.0]
+
+
+def test_a_chunks_causal_mask_is_the_whole_masks_rows_from_its_offset():
+    segments = torch.tensor([[0, 0, 0, 1, 1, PADDING]])
+    whole = attention_mask(segments, segments, causal=True, dtype=torch.float32)
+    for start in range(6):
+        for end in range(start + 1, 7):
+            chunk = attention_mask(segments[:, start:end], segments[:, :end], causal=True, dtype=torch.float32,
+                                   offset=start)
+            assert torch.equal(chunk, whole[:, :, start:end, :end]), (start, end)

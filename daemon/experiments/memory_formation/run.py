@@ -104,9 +104,11 @@ class Progress:
 
 
 def brief(m: dict) -> str:
-    z, x = m["Zypher"], m["Zyphrex"]
+    z, x, probes = m["Zypher"], m["Zyphrex"], m["probes"]
+    general = (f"probes loss {probes['loss']:.3f} acc {probes['accuracy']:.2f}" if probes
+               else "probes measured at the phase's end")
     return (f"Zypher recall {z['recall']:.2f} logp {z['logprob']:.2f} | Zyphrex recall {x['recall']:.2f} "
-            f"logp {x['logprob']:.2f} | probes loss {m['probes']['loss']:.3f} acc {m['probes']['accuracy']:.2f}")
+            f"logp {x['logprob']:.2f} | {general}")
 
 
 def _steps_of(layout: StateLayout, checkpoint: str | None) -> int:

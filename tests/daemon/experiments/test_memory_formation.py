@@ -205,3 +205,13 @@ def test_the_five_arms_in_the_tables_and_the_headline(tmp_path):
     assert {"table.md", "summary.md", "index.html", "zypher-recall.png"} <= written
     page = (tmp_path / "index.html").read_text()
     assert "Table: (d) loop without dreams (replay only)" in page and "Table: (e) (a)&#x27;s data" in page
+
+
+def test_the_progress_line_of_a_point_without_its_general_numbers():
+    from dreamd.daemon.experiments.memory_formation.run import brief
+
+    m = measurement(0.5, -1.0, 0.25, -2.0)
+    assert brief(m).endswith("| probes loss 1.000 acc 0.60")
+    m.update(probes=None, anchor_kl=None)  # an ungated arm's mid-phase round
+    assert brief(m) == ("Zypher recall 0.50 logp -1.00 | Zyphrex recall 0.25 logp -2.00 | "
+                        "probes measured at the phase's end")
