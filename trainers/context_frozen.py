@@ -87,30 +87,28 @@ def make_batch(examples: list[EncodedExample], pad_id: int, device: torch.device
     groups = pack_groups([len(seq) - 1 for seq in sequences], PACK_TOKENS)
     prefix = pack(groups, [seq[:cut] for seq, cut in zip(sequences, splits, strict=True)], [0] * len(examples), pad_id)
     step = pack(groups, [seq[cut:-1] for seq, cut in zip(sequences, splits, strict=True)], splits, pad_id)
-    # The step token at position p predicts the example's token p + 1: a label where that is a response token.
-    labels = torch.full(step.ids.shape, IGNORE, dtype=torch.long)
+    # Where each example's response starts in its step row: the step token at position p predicts
+    # the example's token p + 1, so the labels (and a teacher's soft targets) sit from there on.
+    answers: dict[int, tuple[int, int]] = {}
     for row, group in enumerate(groups):
         at = 0
         for i in group:
-            width, answer = len(sequences[i]) - 1 - splits[i], len(examples[i].context_ids) - 1 - splits[i]
-            labels[row, at + answer : at + width] = torch.tensor(examples[i].response_ids)
-            at += width
+            answers[i] = (row, at + len(examples[i].context_ids) - 1 - splits[i])
+            at += len(sequences[i]) - 1 - splits[i]
+    labels = torch.full(step.ids.shape, IGNORE, dtype=torch.long)
+    for i, (row, first) in answers.items():
+        labels[row, first : first + len(examples[i].response_ids)] = torch.tensor(examples[i].response_ids)
     soft_ids = soft_logprobs = None
     if any(e.soft is not None for e in examples):
         k = max(len(e.soft.ids[0]) for e in examples if e.soft is not None)
         soft_ids = torch.zeros((*labels.shape, k), dtype=torch.long)
         soft_logprobs = torch.full((*labels.shape, k), float("-inf"))
-        for row, group in enumerate(groups):
-            at = 0
-            for i in group:
-                example, width = examples[i], len(sequences[i]) - 1 - splits[i]
-                if example.soft is not None:
-                    first = at + len(example.context_ids) - 1 - splits[i]
-                    ids = torch.tensor(example.soft.ids)
-                    soft_ids[row, first : first + len(ids), : ids.shape[1]] = ids
-                    soft_logprobs[row, first : first + len(ids), : ids.shape[1]] = torch.tensor(
-                        example.soft.logprobs, dtype=torch.float32)
-                at += width
+        for i, (row, first) in answers.items():
+            if examples[i].soft is not None:
+                ids = torch.tensor(examples[i].soft.ids)
+                soft_ids[row, first : first + len(ids), : ids.shape[1]] = ids
+                soft_logprobs[row, first : first + len(ids), : ids.shape[1]] = torch.tensor(
+                    examples[i].soft.logprobs, dtype=torch.float32)
 
     def to(t: torch.Tensor | None) -> torch.Tensor | None:
         return t.to(device) if t is not None else None
