@@ -45,13 +45,17 @@ def trained_exchanges(db, config) -> list[TrainingExample]:
     return [e for e in (replay_example(db, n, 2) for n in nodes) if e is not None]
 
 
-def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_rolled_back(world):
+def wrecked(config, layout) -> str:
+    """A destructive update: a huge learning rate on garbage text."""
+    wrecker = TrainingSettings(lora_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw")
+    return train_round(load_model(config.model, layout.models), noise_examples(8, "garbage"), wrecker, layout)
+
+
+def test_a_destructive_round_is_rejected(world):
     config, layout, db, embedder = world
     assert held_out_nodes(db, 30), "the samples must give held-out exchanges"
 
-    # A destructive update: a huge learning rate on garbage text.
-    wrecker = TrainingSettings(lora_learning_rate=0.05, batch_size=2, epochs=2, optimizer="adamw")
-    bad = train_round(load_model(config.model, layout.models), noise_examples(8, "garbage"), wrecker, layout)
+    bad = wrecked(config, layout)
     result = apply_judgement(layout, db, judge_candidate(config, layout, db, bad, embedder.encode))
     assert result["decision"] == "rejected" and result["reasons"], result
     assert read_pointer(layout, "current") == BASE and read_pointer(layout, "last_good") == BASE
@@ -59,6 +63,14 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
     # not met, so the bound here only catches a pathological slowdown until it is profiled.
     assert result["eval_seconds"] <= 120, "a candidate's evaluation must take at most 120 s on 2 cores"
 
+
+# Four more evaluations of the whole suite (about 9 minutes on 2 cores): run with `-m slow`. The
+# default run promotes real candidates in the demo and learning tests, and the tiny-model gate
+# tests cover the roll-back logic.
+@pytest.mark.slow
+def test_benign_round_promoted_forced_bad_current_rolled_back(world):
+    config, layout, db, embedder = world
+    bad = wrecked(config, layout)
     # A benign round: small steps on the real exchanges. Its learning rate is pinned: the daemon's
     # default (1e-3) counts on the anchor share of every round to hold KL to the base, and this round
     # has no anchors (without them, at 1e-3: KL 0.18, over the 0.15 budget, in CI).
@@ -87,6 +99,7 @@ def test_destructive_round_is_rejected_benign_round_promoted_forced_bad_current_
     assert weights.name in " ".join(result["reasons"])
 
 
+@pytest.mark.slow  # three evaluations of the whole suite (about 5 minutes on 2 cores)
 def test_metrics_are_reproducible_and_kl_grows_with_the_update(world):
     config, layout, db, embedder = world
     evaluator = Evaluator(config, layout, db, embedder.encode)

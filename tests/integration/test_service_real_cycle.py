@@ -132,7 +132,10 @@ def test_a_real_cycle_under_a_fake_systemd_on_the_tiny_model(daemon, tiny_model_
     check_full_cycle(daemon(tiny_model_dir, dreams=4), dreams=4, cycle_timeout=180)
 
 
+# About 5 minutes on 2 cores: run with `-m slow`. The default run has the tiny model's cycle here
+# and the default model's cycle in a real daemon in the demo test (tests/integration/test_default_model.py).
 @pytest.mark.real_model
+@pytest.mark.slow
 def test_a_real_cycle_under_a_fake_systemd_on_the_default_model(daemon, default_model_dir, default_anchor_cache):
     d = daemon(default_model_dir, dreams=2)
     share_anchors(default_anchor_cache, d.state)
