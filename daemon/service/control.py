@@ -31,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
 
-log = structlog.get_logger("dreamd.control")
+def _log():
+    # structlog is imported on first use, by the server: `dreamctl status` imports this module
+    # only for `request`, and structlog (it brings rich) would be most of its start-up time.
+    import structlog
+
+    return structlog.get_logger("dreamd.control")
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 4096
@@ -205,7 +209,7 @@ class ControlServer:
         self._listener = listener
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
-        log.info("control socket listening", path=str(self.path))
+        _log().info("control socket listening", path=str(self.path))
         return self
 
     def stop(self) -> None:
@@ -246,7 +250,7 @@ class ControlServer:
             conn.settimeout(self.CLIENT_TIMEOUT)
             _reply(conn, self.answer(conn))
         except OSError as exc:
-            log.debug("control client dropped", error=str(exc))
+            _log().debug("control client dropped", error=str(exc))
         finally:
             conn.close()
             self._slots.release()
@@ -258,16 +262,16 @@ class ControlServer:
             request = parse_request(_read_request(conn))
             cmd = request["cmd"]
             if cmd in MUTATING and not self.allowed(cred):
-                log.warning("control command denied", cmd=cmd, uid=cred.uid, pid=cred.pid)
+                _log().warning("control command denied", cmd=cmd, uid=cred.uid, pid=cred.pid)
                 raise ControlError("denied", f"uid {cred.uid} may not {cmd}: "
                                              "needs root, the daemon's user or the control group")
             if cmd in MUTATING:
-                log.info("control command", cmd=cmd, uid=cred.uid, pid=cred.pid)
+                _log().info("control command", cmd=cmd, uid=cred.uid, pid=cred.pid)
             return {"ok": True, "result": self.handler(cmd, request["args"], cred)}
         except ControlError as exc:
             return {"ok": False, "code": exc.code, "error": exc.message}
         except Exception as exc:  # a bug in a handler must not kill the control thread
-            log.exception("control command failed")
+            _log().exception("control command failed")
             return {"ok": False, "code": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -305,9 +309,9 @@ def _chgrp(path: Path, group: str) -> None:
         if os.stat(path).st_gid != gid:
             os.chown(path, -1, gid)
     except KeyError:
-        log.warning("control group does not exist", group=group)
+        _log().warning("control group does not exist", group=group)
     except PermissionError:
-        log.warning("cannot give the control socket to its group; add the daemon's user to it "
+        _log().warning("cannot give the control socket to its group; add the daemon's user to it "
                     "(SupplementaryGroups= in the unit)", group=group, path=str(path))
 
 

@@ -13,13 +13,15 @@ import sys
 import warnings
 from pathlib import Path
 
-import structlog
-
 NOISY_LIBRARIES = ("transformers", "sentence_transformers", "huggingface_hub", "urllib3", "filelock")
 
 
 def configure_logging(mode: str = "console", level: str = "info") -> None:
     """mode: 'json' for the daemon (journald-friendly), 'console' for the CLI."""
+    # Imported here, not above: `dreamctl status` imports this module but logs nothing, and
+    # structlog (it brings rich) would be most of its start-up time.
+    import structlog
+
     numeric = getattr(logging, level.upper())
     shared = [
         structlog.contextvars.merge_contextvars,

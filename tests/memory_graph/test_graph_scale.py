@@ -43,10 +43,14 @@ def test_collision_sampling_keeps_pace_at_50k(big, small):
 
 def test_ingest_keeps_pace_at_50k(big, small):
     # The cheap embedder (384 dimensions, as the store): what is left to measure is the graph's share.
-    at_small = bench.ingest_rate(small, HashEmbedder(384), 2000, seed=1)
-    at_big = bench.ingest_rate(big[0], HashEmbedder(384), 2000, seed=2)
-    assert at_small["messages"] == at_big["messages"] == 2000
-    assert at_big["per_s"] >= 0.5 * at_small["per_s"], (at_big, at_small)
+    # Best of three, taken in turn: one two-second drain on a shared machine varies by 2x.
+    at_small, at_big = [], []
+    for turn in range(3):
+        at_small.append(bench.ingest_rate(small, HashEmbedder(384), 2000, seed=1 + 2 * turn))
+        at_big.append(bench.ingest_rate(big[0], HashEmbedder(384), 2000, seed=2 + 2 * turn))
+    assert all(r["messages"] == 2000 for r in at_small + at_big)
+    best = {side: max(r["per_s"] for r in runs) for side, runs in (("small", at_small), ("big", at_big))}
+    assert best["big"] >= 0.5 * best["small"], (at_big, at_small)
 
 
 def test_the_daemon_starts_and_answers_status_at_50k(big, tmp_path):
