@@ -217,13 +217,14 @@ def grouped_kv_attention(device: torch.device):
 
 
 def weighted_mean(losses: torch.Tensor, examples: list[EncodedExample], soft_weight: float) -> torch.Tensor:
-    """A batch's loss from its examples' losses: an example with soft targets (an anchor's KL to the
-    base) counts `soft_weight` times, one with hard targets (a fact's cross-entropy) once. A KL near
-    zero pulls back weakly while the facts' cross-entropy pushes, so the anchors may need more weight."""
+    """A batch's loss from its examples' losses: an example whose soft targets are held (an anchor's
+    KL to the base) counts `soft_weight` times, one that teaches (a fact's cross-entropy, a dream
+    teacher's KL) once. A KL near zero pulls back weakly while the facts push, so the anchors may
+    need more weight."""
     if soft_weight == 1.0:
         return losses.mean()
-    weights = torch.tensor([soft_weight if e.soft is not None else 1.0 for e in examples], dtype=losses.dtype,
-                           device=losses.device)
+    weights = torch.tensor([soft_weight if e.soft is not None and e.soft.held else 1.0 for e in examples],
+                           dtype=losses.dtype, device=losses.device)
     return (losses * weights).mean()
 
 

@@ -14,14 +14,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class SoftTargets:
     """A teacher's distribution at each response token: its top-k token ids and log-probabilities.
-    An example that carries them is learned by matching that distribution (KL), not its tokens."""
+    An example that carries them is learned by matching that distribution (KL), not its tokens.
+    `held`: an anchor's (the base's distribution, held; its KL counts `training.anchor_weight`
+    times); False: a dream teacher's (the model with its notes; taught, counted as a fact's loss)."""
 
     ids: list[list[int]]  # (response tokens, k)
     logprobs: list[list[float]]
+    held: bool = True
+
+    def to_bytes(self) -> bytes:
+        """Stored form (the dreams table): k, then the ids as uint32 and the log-probabilities as float32."""
+        k = len(self.ids[0]) if self.ids else 0
+        return (np.uint32(k).tobytes() + np.asarray(self.ids, dtype="<u4").tobytes()
+                + np.asarray(self.logprobs, dtype="<f4").tobytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, held: bool = False) -> SoftTargets:
+        k = int(np.frombuffer(blob[:4], dtype="<u4")[0])
+        if k == 0:
+            return cls([], [], held)
+        half = (len(blob) - 4) // 2
+        ids = np.frombuffer(blob[4 : 4 + half], dtype="<u4").reshape(-1, k)
+        logprobs = np.frombuffer(blob[4 + half :], dtype="<f4").reshape(-1, k)
+        return cls(ids.astype(int).tolist(), logprobs.astype(float).tolist(), held)
 
 
 @dataclass(frozen=True)

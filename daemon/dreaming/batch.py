@@ -50,7 +50,7 @@ def dream_batch(db: Database, graph: MemoryGraph, loaded: LoadedModel, embedder,
         return []
     batch = dream(db, loaded, collisions, dreams, seed, exclude=exclude)
     context = ScoringContext(signal, loaded=loaded, judge=judge, embed=getattr(embedder, "encode", embedder),
-                             prior_vectors=prior_vectors(db))
+                             prior_vectors=prior_vectors(db), teacher_top_k=dreams.teacher_top_k)
     score_dreams(batch, context, scorers)
     save_dreams(db, batch, batch=uuid.uuid4().hex[:12], model=str(loaded.directory), seed=seed, review=dreams.review)
     accepted = sum(d.accepted for d in batch)

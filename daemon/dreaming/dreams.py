@@ -27,6 +27,7 @@ from sqlite_utils import Database
 from dreamd.daemon.dreaming.scenarios import Exchange, kind_of, member_exchange, scenario_for, topic_of
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.graph import Collision
+from dreamd.trainers.examples import SoftTargets
 from dreamd.trainers.generate import Generation, generate_chats
 from dreamd.trainers.model_store import LoadedModel
 from dreamd.trainers.words import stems
@@ -67,6 +68,7 @@ class Dream:
     accepted: bool = False
     reasons: list[str] = field(default_factory=list)
     vector: object = None  # unit embedding of scenario + response (numpy), set by the novelty scorer
+    teacher: SoftTargets | None = None  # the teacher's top-k over its answer (signal_agent.divergences)
     id: int | None = None  # its row in the dreams table, once stored
 
     @property

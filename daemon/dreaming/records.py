@@ -34,15 +34,15 @@ def save_dreams(db: Database, dreams: list[Dream], *, batch: str, model: str, se
         for dream in dreams:
             cursor = db.execute(
                 "INSERT INTO dreams (batch, created_at, model, seed, node_ids, walk, fragments, temperature, scenario, "
-                "response, generated_tokens, failure, scores, total, accepted, reasons, status, vector, kind, target) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "response, generated_tokens, failure, scores, total, accepted, reasons, status, vector, kind, target, "
+                "teacher_top_k) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (batch, now, model, seed, json.dumps(dream.node_ids), json.dumps(dream.walk),
                  json.dumps(dream.fragments, ensure_ascii=False), dream.temperature, dream.scenario, dream.response,
                  dream.generated_tokens, dream.failure,
                  json.dumps({n: s.to_dict() for n, s in dream.scores.items()}, ensure_ascii=False),
                  dream.total, int(dream.accepted), json.dumps(dream.reasons, ensure_ascii=False),
                  status_of(dream, review), vector_blob(dream.vector) if dream.vector is not None else None,
-                 dream.kind, dream.target),
+                 dream.kind, dream.target, dream.teacher.to_bytes() if dream.teacher is not None else None),
             )
             dream.id = cursor.lastrowid
             db.conn.executemany("INSERT INTO dream_memories (dream_id, position, node_id) VALUES (?, ?, ?)",
@@ -62,7 +62,8 @@ def prior_vectors(db: Database, limit: int = 50_000) -> np.ndarray | None:
 
 
 def load_dream(db: Database, dream_id: int) -> dict[str, Any] | None:
-    """One dream with its provenance, JSON fields decoded, the vector left out."""
+    """One dream with its provenance, JSON fields decoded, the vector left out; `teacher_top_k`
+    says only whether the teacher's distribution was kept (its bytes are for training)."""
     cursor = db.execute("SELECT * FROM dreams WHERE id = ?", (dream_id,))
     names = [c[0] for c in cursor.description]
     row = cursor.fetchone()
@@ -70,6 +71,7 @@ def load_dream(db: Database, dream_id: int) -> dict[str, Any] | None:
         return None
     out = dict(zip(names, row))
     out.pop("vector")
+    out["teacher_top_k"] = out["teacher_top_k"] is not None
     for key in ("node_ids", "walk", "fragments", "scores", "reasons"):
         out[key] = json.loads(out[key])
     out["accepted"] = bool(out["accepted"])

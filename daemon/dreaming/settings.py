@@ -43,6 +43,12 @@ class DreamSettings:
         "Sampling temperature of the teacher's answer (the model with the memories as notes). 0: "
         "greedy, its most likely answer given the notes, which is what the student should learn.",
     )
+    teacher_top_k: int = setting(
+        0,
+        "Soft targets: the teacher's top-k tokens at each answer position, kept by the signal agent's "
+        "divergence pass (so only while it runs) and matched by the student (KL) instead of the "
+        "answer's tokens alone. 0: the answer's tokens.",
+    )
     generation_timeout_seconds: float = setting(
         300.0,
         "A batch still generating after this long stops; its unfinished dreams are rejected as timed out.",
@@ -95,6 +101,7 @@ class DreamSettings:
         require(self.generation_timeout_seconds > 0, "generation_timeout_seconds", "a positive number",
                 self.generation_timeout_seconds)
         require(self.seed >= 0, "seed", "0 or more", self.seed)
+        require(0 <= self.teacher_top_k <= 256, "teacher_top_k", "an integer from 0 to 256", self.teacher_top_k)
         require(0 <= self.fresh_share <= 1, "fresh_share", "a number from 0 to 1", self.fresh_share)
         require(0 <= self.replay_fraction < 1, "replay_fraction", "a number in [0, 1)", self.replay_fraction)
         require(0 <= self.anchor_fraction < 1, "anchor_fraction", "a number in [0, 1)", self.anchor_fraction)

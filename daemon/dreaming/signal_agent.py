@@ -37,8 +37,8 @@ import numpy as np
 
 from dreamd.daemon.dreaming.dreams import NO_RESPONSE, Dream, memory_chat
 from dreamd.daemon.dreaming.settings import SignalSettings
-from dreamd.trainers.examples import TrainingExample
-from dreamd.trainers.gate.metrics import response_losses
+from dreamd.trainers.examples import SoftTargets, TrainingExample
+from dreamd.trainers.gate.metrics import scored_responses
 from dreamd.trainers.generate import generate_chats
 from dreamd.trainers.model_store import LoadedModel
 from dreamd.trainers.words import is_name_or_number, key_words, names_and_numbers, stem, stems, unsupported
@@ -66,6 +66,7 @@ class ScoringContext:
     judge: LoadedModel | None = None  # the judge (the dreaming model unless configured)
     embed: Callable[[list[str]], np.ndarray] | None = None  # novelty
     prior_vectors: np.ndarray | None = None  # unit vectors of dreams accepted before
+    teacher_top_k: int = 0  # keep the teacher's top-k at each answer token (soft targets); 0: none
 
 
 # -- hygiene (pure) ---------------------------------------------------------------------------
@@ -177,9 +178,12 @@ def score_judge(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
 
 
 # -- memory divergence ----------------------------------------------------------------------------
-def divergences(loaded: LoadedModel, dreams: list[Dream]) -> list[float]:
+def divergences(loaded: LoadedModel, dreams: list[Dream], teacher_top_k: int = 0) -> list[float]:
     """Per dream, log p(response | memories, scenario) - log p(response | scenario), in nats per
-    response token (mean). Positive: the memories make the response likelier. Both sides carry the
+    response token (mean). Positive: the memories make the response likelier. With `teacher_top_k`,
+    each dream also keeps the teacher's distribution over its answer from the same pass
+    (`Dream.teacher`: the model with the memories, what the student without them should match),
+    where its answer is the same tokens without the memories, as the student reads it. Both sides carry the
     same system message, with and without the memories in it: comparing against the bare scenario
     measured mostly the swap of the template's default system prompt (about -0.1 nats/token on
     every dream of the default model), not the memories.
@@ -193,15 +197,18 @@ def divergences(loaded: LoadedModel, dreams: list[Dream]) -> list[float]:
     with_memory = [TrainingExample(f"with:{i}", [*memory_chat(d.fragments, d.scenario), answer(d)])
                    for i, d in enumerate(dreams)]
     without = [TrainingExample(f"without:{i}", [*memory_chat([], d.scenario), answer(d)]) for i, d in enumerate(dreams)]
-    losses = response_losses(loaded, with_memory + without)
+    scored = scored_responses(loaded, with_memory + without, teacher_top_k)
     n = len(dreams)
-    return [loss_without - loss_with for loss_with, loss_without in zip(losses[:n], losses[n:])]
+    for dream, teacher, student in zip(dreams, scored[:n], scored[n:]):
+        if teacher.top_k is not None and teacher.top_k.ids.shape[0] == student.top_k.ids.shape[0]:
+            dream.teacher = SoftTargets(teacher.top_k.ids.tolist(), teacher.top_k.logprobs.tolist(), held=False)
+    return [student.loss - teacher.loss for teacher, student in zip(scored[:n], scored[n:])]
 
 
 def score_divergence(dreams: list[Dream], ctx: ScoringContext) -> list[Score]:
     settings = ctx.settings
     out = []
-    for gap in divergences(ctx.loaded, dreams):
+    for gap in divergences(ctx.loaded, dreams, ctx.teacher_top_k):
         ok = math.isfinite(gap) and gap >= settings.min_divergence
         above = (gap - settings.min_divergence) / settings.divergence_scale
         normalized = min(max(above, 0.0), 1.0) if math.isfinite(gap) else 0.0
@@ -361,6 +368,7 @@ def fall_back_to_logged(dream: Dream, settings: SignalSettings) -> None:
         return
     teacher = dream.reasons
     dream.response, dream.target, dream.failure = dream.logged_answer, "logged", None
+    dream.teacher = None  # its distribution was over its own answer, not the logged one
     dream.accepted = True
     dream.reasons = [f"replay: the teacher's answer failed ({'; '.join(teacher)}); the memory's logged answer "
                      "is the target"]

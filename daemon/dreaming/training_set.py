@@ -25,7 +25,7 @@ from dreamd.daemon.dreaming.records import TRAINABLE
 from dreamd.daemon.dreaming.settings import DreamSettings
 from dreamd.memory_graph.database.store import write
 from dreamd.trainers.anchors import Anchor
-from dreamd.trainers.examples import TrainingExample
+from dreamd.trainers.examples import SoftTargets, TrainingExample
 
 CHAT_ROLES = ("system", "user", "assistant")  # tool output is not a turn a chat template knows
 
@@ -36,13 +36,23 @@ def share_count(others: int, fraction: float) -> int:
     return round(others * fraction / (1 - fraction)) if others else 0
 
 
+DREAM_COLUMNS = "id, scenario, response, teacher_top_k"
+
+
+def dream_example(row: tuple) -> TrainingExample:
+    """A dreams row (DREAM_COLUMNS) as its example: the scenario alone as context, the answer as
+    response, learnt from the teacher's distribution where one was kept."""
+    dream_id, scenario, response, teacher = row
+    return TrainingExample(f"dream:{dream_id}", [{"role": "user", "content": scenario},
+                                                 {"role": "assistant", "content": response}],
+                           SoftTargets.from_bytes(teacher, held=False) if teacher is not None else None)
+
+
 def dream_examples(db: Database, limit: int) -> list[TrainingExample]:
     rows = db.execute(
-        f"SELECT id, scenario, response FROM dreams WHERE status IN ({','.join('?' * len(TRAINABLE))}) "
+        f"SELECT {DREAM_COLUMNS} FROM dreams WHERE status IN ({','.join('?' * len(TRAINABLE))}) "
         "AND trained_in IS NULL ORDER BY id LIMIT ?", (*TRAINABLE, limit)).fetchall()
-    return [TrainingExample(f"dream:{i}", [{"role": "user", "content": scenario},
-                                           {"role": "assistant", "content": response}])
-            for i, scenario, response in rows]
+    return [dream_example(row) for row in rows]
 
 
 def replay_example(db: Database, node_id: int, history: int) -> TrainingExample | None:

@@ -215,6 +215,13 @@ def m006_dream_kinds(db: Database) -> None:
     """)
 
 
+@migration
+def m007_dream_teacher(db: Database) -> None:
+    # The teacher's top-k over a dream's answer (trainers/examples.py SoftTargets.to_bytes), when
+    # dreams.teacher_top_k keeps it: the student's soft targets.
+    _run(db, "ALTER TABLE dreams ADD COLUMN teacher_top_k BLOB")
+
+
 def migrate(db: Database) -> list[str]:
     """Apply the migrations this database lacks; return the names applied."""
     from dreamd.memory_graph.database.store import write

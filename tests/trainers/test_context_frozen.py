@@ -289,10 +289,14 @@ def test_anchor_weight_scales_only_the_soft_rows_of_a_batch():
     ids, _logprobs = own_top_k(model, tokenizer, examples[1])
     other = with_soft(tokenizer, examples[1], [[(row[-1] + 1) % len(tokenizer)] for row in ids], [[0.0] for _ in ids])
     plain = encode_examples(tokenizer, [examples[0], examples[2]], max_context_tokens=512)
-    batch = [plain[0], other, plain[1]]
+    # A dream teacher's targets (not held) count once, as a fact's cross-entropy does.
+    shifted = SoftTargets([[(row[-1] + 2) % len(tokenizer)] for row in ids], [[0.0] for _ in ids], held=False)
+    taught = encode_example(tokenizer, TrainingExample("taught", examples[1].messages, shifted), max_context_tokens=512)
+    batch = [plain[0], other, plain[1], taught]
     rows = frozen_losses(model, batch, tokenizer.pad_token_id).detach()
+    assert rows[3] > 1.0  # far from the model's own distribution: a weight on it would show
     for weight in (1.0, 4.0):
-        expected = (rows[0] + weight * rows[1] + rows[2]) / 3
+        expected = (rows[0] + weight * rows[1] + rows[2] + rows[3]) / 4
         assert torch.isclose(loss_step(model, batch, tokenizer.pad_token_id, soft_weight=weight), expected, atol=1e-4)
         plain_loss = completion_only_batch_loss(model, batch, tokenizer.pad_token_id, soft_weight=weight)
         assert torch.isclose(plain_loss, expected, atol=1e-3)

@@ -78,14 +78,32 @@ def load_probes() -> list[Probe]:
     return [Probe(r["id"], r["kind"], r["prompt"], r["answer"], tuple(r["accept"])) for r in rows]
 
 
-@torch.inference_mode()
 def response_losses(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 32) -> list[float]:
     """Mean cross-entropy per response token, one number per exchange (one plain forward pass:
     evaluation needs no context-frozen trick, and the same tokens as training)."""
-    losses: list[float] = [0.0] * len(exchanges)
+    return [scored.loss for scored in scored_responses(loaded, exchanges, 0, batch_size)]
+
+
+@dataclass(frozen=True)
+class ScoredResponse:
+    loss: float  # mean cross-entropy per response token
+    top_k: TopK | None  # the distribution at each response token, where asked for
+
+
+@torch.inference_mode()
+def scored_responses(loaded: LoadedModel, exchanges: list[TrainingExample], k: int = 0,
+                     batch_size: int = 32) -> list[ScoredResponse]:
+    """`response_losses` and, for k > 0, each response's top-k from the same pass (a dream
+    teacher's distribution, kept as the student's soft targets)."""
+    result: list[ScoredResponse] = [None] * len(exchanges)  # type: ignore[list-item]
     for index, logits, answer in _answer_logits(loaded, exchanges, batch_size):
-        losses[index] = float(F.cross_entropy(logits, answer))
-    return losses
+        result[index] = ScoredResponse(float(F.cross_entropy(logits, answer)), _top_k(logits, k) if k else None)
+    return result
+
+
+def _top_k(logits: torch.Tensor, k: int) -> TopK:
+    values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return TopK(ids.cpu(), (values - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu())
 
 
 def _answer_logits(loaded: LoadedModel, exchanges: list[TrainingExample], batch_size: int = 16):
@@ -138,8 +156,7 @@ def answer_top_k(loaded: LoadedModel, exchanges: list[TrainingExample], k: int =
     """`top_k(answer_logprobs(...))` without holding every distribution at once."""
     result: list[TopK] = [None] * len(exchanges)  # type: ignore[list-item]
     for index, logits, _answer in _answer_logits(loaded, exchanges):
-        values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
-        result[index] = TopK(ids.cpu(), (values - torch.logsumexp(logits, dim=-1, keepdim=True)).cpu())
+        result[index] = _top_k(logits, k)
     return result
 
 

@@ -212,17 +212,14 @@ def replay_cycle(raw: dict, root: Path, seed: int, count: int) -> dict:
 def examples_by_id(db, ids: list[str], history: int, anchors: dict) -> list:
     """(a)'s training examples again, from the ids its round recorded (dream:, replay:, anchor:,
     neighbour:; `anchors` holds the bank's and the neighbour cache's by id)."""
-    from dreamd.daemon.dreaming.training_set import replay_example
-    from dreamd.trainers.examples import TrainingExample
+    from dreamd.daemon.dreaming.training_set import DREAM_COLUMNS, dream_example, replay_example
 
     out = []
     for example_id in ids:
         kind, _, key = example_id.partition(":")
         if kind == "dream":
-            row = db.execute("SELECT scenario, response FROM dreams WHERE id = ?", (int(key),)).fetchone()
-            scenario, response = row
-            out.append(TrainingExample(example_id, [{"role": "user", "content": scenario},
-                                                    {"role": "assistant", "content": response}]))
+            out.append(dream_example(db.execute(f"SELECT {DREAM_COLUMNS} FROM dreams WHERE id = ?",
+                                                (int(key),)).fetchone()))
         elif kind == "replay":
             out.append(replay_example(db, int(key), history))
         elif kind in ("anchor", "neighbour"):

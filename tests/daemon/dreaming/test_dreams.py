@@ -193,6 +193,29 @@ def test_the_teacher_sees_the_memories_and_the_students_example_does_not(world, 
         assert "<|im_start|>system" not in rendered and NOTES_HEADER not in rendered
 
 
+def test_the_teachers_distribution_is_kept_and_is_the_students_soft_target(world, scripted):
+    scripted()  # the teacher answers from its first note: grounded
+    batch = run(world, dreams=dataclasses.replace(DREAMS, teacher_top_k=4))
+    by_id = {d.id: d for d in batch}
+    examples = training_set(world.db, DreamSettings(replay_fraction=0.0, anchor_fraction=0.0), seed=1)
+    assert examples
+    tokenizer = tiny_loaded().tokenizer
+    for example in examples:
+        dream = by_id[int(example.id[6:])]
+        if dream.target == "logged":  # the teacher's distribution was over its own answer, not this one
+            assert dream.teacher is None and example.soft is None
+            continue
+        soft = example.soft
+        assert soft is not None and not soft.held  # taught, weighted as a fact, not held as an anchor
+        [encoded] = encode_examples(tokenizer, [example], max_context_tokens=512)  # one target per answer token
+        assert len(soft.ids) == len(encoded.response_ids) and all(len(row) == 4 for row in soft.ids)
+        assert soft.ids == dream.teacher.ids  # as stored
+        assert all(0 >= row[0] >= row[-1] for row in soft.logprobs)  # log-probabilities, most likely first
+    assert any(e.soft is not None for e in examples)
+    # The same dreams scored without it keep none.
+    assert all(d.teacher is None for d in run(world, seed=8))
+
+
 UNGROUNDED = "Zorblat huggles quantum marmalade beside seventeen purple glaciers."
 
 

@@ -20,6 +20,7 @@ from dreamd.daemon.dreaming.signal_agent import (
     score_agreement,
     score_grounding,
 )
+from dreamd.trainers.examples import SoftTargets
 from dreamd.trainers.words import content_words, unsupported
 
 JUDGED = SignalSettings(judge_model_path="judge")  # the judge runs only with a judge model configured
@@ -236,6 +237,7 @@ def asked_again(kind="logged", logged_answer=LOGGED_ANSWER, response="The standu
     d = Dream([1, 2], [[1, 2]], [f"User: When is the standup?\nAssistant: {LOGGED_ANSWER}"], 0.7, kind=kind,
               scenario="When is the standup?", response=response, logged_answer=logged_answer)
     d.scores = scores(**bad)
+    d.teacher = SoftTargets([[5]] * 8, [[-0.1]] * 8, held=False)  # the teacher's distribution over its answer
     d.accepted, d.total, d.reasons = decide(d.scores, SignalSettings())
     fall_back_to_logged(d, SignalSettings())
     return d
@@ -249,6 +251,7 @@ def asked_again(kind="logged", logged_answer=LOGGED_ANSWER, response="The standu
 def test_a_teacher_answer_without_support_falls_back_to_the_logged_answer(bad, scorer):
     d = asked_again(**bad)
     assert d.accepted and d.target == "logged" and d.response == LOGGED_ANSWER
+    assert d.teacher is None  # it was over the teacher's answer, not the logged one
     assert len(d.reasons) == 1 and d.reasons[0].startswith("replay: the teacher's answer failed (")
     assert f"{scorer}: " in d.reasons[0] and d.reasons[0].endswith("the memory's logged answer is the target")
 
@@ -274,6 +277,7 @@ def test_a_logged_answer_that_fails_hygiene_is_no_fallback():
 def test_a_good_teacher_answer_is_kept_over_the_logged_one():
     d = asked_again()
     assert d.accepted and d.target == "teacher" and d.response != LOGGED_ANSWER and d.reasons[0].startswith("total")
+    assert d.teacher is not None
 
 
 def test_repeated_ngram_share():

@@ -210,7 +210,8 @@ def test_an_old_database_reports_and_upgrades(layout, monkeypatch):
     monkeypatch.setattr(migrations, "MIGRATIONS", full)
     db = open_store(layout.database)
     names = [r[0] for r in db.execute("SELECT name FROM _migrations ORDER BY number").fetchall()]
-    assert names[4:] == ["m005_history", "m006_dream_kinds"]  # everything after the first four, in order
+    # everything after the first four, in order
+    assert names[4:] == ["m005_history", "m006_dream_kinds", "m007_dream_teacher"]
     assert {"kind", "target"} <= {r[1] for r in db.execute("PRAGMA table_info(dreams)").fetchall()}
     assert db.execute("SELECT count(*) FROM memory_nodes").fetchone()[0] == 2
     db.conn.close()
