@@ -31,7 +31,7 @@ class SoftTargets:
     def to_bytes(self) -> bytes:
         """Stored form (the dreams table): k, then the ids as uint32 and the log-probabilities as float32."""
         k = len(self.ids[0]) if self.ids else 0
-        return (np.uint32(k).tobytes() + np.asarray(self.ids, dtype="<u4").tobytes()
+        return (np.asarray(k, dtype="<u4").tobytes() + np.asarray(self.ids, dtype="<u4").tobytes()
                 + np.asarray(self.logprobs, dtype="<f4").tobytes())
 
     @classmethod
