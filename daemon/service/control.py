@@ -312,7 +312,7 @@ def _chgrp(path: Path, group: str) -> None:
         _log().warning("control group does not exist", group=group)
     except PermissionError:
         _log().warning("cannot give the control socket to its group; add the daemon's user to it "
-                    "(SupplementaryGroups= in the unit)", group=group, path=str(path))
+                       "(SupplementaryGroups= in the unit)", group=group, path=str(path))
 
 
 # --- the client --------------------------------------------------------------------------------
